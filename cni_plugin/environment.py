@@ -1,0 +1,114 @@
+"""The CNI_* environment of one plugin exec, parsed and validated.
+
+Pure and free of pydantic, so VERSION costs nothing beyond the interpreter.
+Rules from SPEC.md "Parameters" and CONVENTIONS.md "CNI_ARGS".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from netconf.errors import InvalidEnvironment
+
+VERBS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+
+# Which variables each verb needs (CNI_PATH is the runtime's business: a
+# chained plugin that delegates nothing does not read it).
+REQUIRED_VARIABLES: dict[str, tuple[str, ...]] = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "GC": (),
+    "STATUS": (),
+    "VERSION": (),
+}
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
+_IFNAMSIZ = 15  # kernel IFNAMSIZ 16, minus the terminating NUL
+
+
+@dataclass(frozen=True)
+class CniEnvironment:
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: Mapping[str, str] = field(default_factory=dict)
+    path: str = ""
+
+
+def read_command(environ: Mapping[str, str]) -> str:
+    """CNI_COMMAND, checked first: without a verb nothing else can be judged."""
+    command = environ.get("CNI_COMMAND", "")
+    if not command:
+        raise InvalidEnvironment("required environment variable CNI_COMMAND is missing")
+    if command not in VERBS:
+        raise InvalidEnvironment(
+            f"unknown CNI_COMMAND {command!r}", f"expected one of {', '.join(VERBS)}"
+        )
+    return command
+
+
+def parse_environment(environ: Mapping[str, str]) -> CniEnvironment:
+    """Validate every CNI_* variable the verb needs; raises InvalidEnvironment (code 4).
+
+    Missing variables are reported all at once so an operator fixes the
+    runtime config in one round. NETNS and IFNAME are not validated for
+    VERSION, STATUS and GC, where libcni sends dummies or nothing.
+    """
+    command = read_command(environ)
+    missing = [name for name in REQUIRED_VARIABLES[command] if not environ.get(name)]
+    if missing:
+        raise InvalidEnvironment(
+            f"required environment variables missing: {', '.join(missing)}",
+            f"CNI_COMMAND={command} needs {', '.join(REQUIRED_VARIABLES[command])}",
+        )
+    container_id = environ.get("CNI_CONTAINERID", "")
+    ifname = environ.get("CNI_IFNAME", "")
+    if command in ("ADD", "DEL", "CHECK"):
+        _check_container_id(container_id)
+        _check_ifname(ifname)
+    return CniEnvironment(
+        command=command,
+        container_id=container_id,
+        netns=environ.get("CNI_NETNS", ""),
+        ifname=ifname,
+        args=parse_cni_args(environ.get("CNI_ARGS", "")),
+        path=environ.get("CNI_PATH", ""),
+    )
+
+
+def parse_cni_args(text: str) -> dict[str, str]:
+    """``K=V;K2=V2`` → dict; unknown keys are kept (callers ignore them)."""
+    parsed: dict[str, str] = {}
+    for pair in text.split(";"):
+        if not pair:
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidEnvironment(f"CNI_ARGS: invalid pair {pair!r}", "expected KEY=VALUE pairs separated by ';'")
+        parsed[key] = value
+    return parsed
+
+
+def _check_container_id(container_id: str) -> None:
+    if not _CONTAINER_ID.match(container_id):
+        raise InvalidEnvironment(
+            f"invalid CNI_CONTAINERID {container_id!r}",
+            "must match ^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        )
+
+
+def _check_ifname(ifname: str) -> None:
+    problem = None
+    if len(ifname.encode()) > _IFNAMSIZ:
+        problem = f"longer than {_IFNAMSIZ} bytes"
+    elif ifname in (".", ".."):
+        problem = "'.' and '..' are not interface names"
+    elif _IFNAME_FORBIDDEN.search(ifname):
+        problem = "contains '/', ':' or whitespace"
+    if problem:
+        raise InvalidEnvironment(f"invalid CNI_IFNAME {ifname!r}", problem)

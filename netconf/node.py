@@ -1,0 +1,164 @@
+"""The node configuration of ``flock-reconciler`` (a YAML file).
+
+Strict on purpose: an operator's typo must fail start-up with the field
+named, not fall back to a default that advertises the wrong thing.
+Pure: parsing and validation only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from netconf.config import DEFAULT_STATE_DIR
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ReadinessSettings(_Strict):
+    """Where readiness comes from.
+
+    ``always``: every committed allocation is Ready (non-Kubernetes hosts,
+    the demo). ``file``: a JSON/YAML mapping of pod UID, ``namespace/name``
+    or container ID to true/false, written by an external health checker
+    and watched for changes. ``kubernetes``: the pod watch (own issue).
+    """
+
+    source: Literal["always", "file", "kubernetes"] = "always"
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> ReadinessSettings:
+        if self.source == "file" and not self.file:
+            raise ValueError("readiness.file is required when readiness.source is 'file'")
+        return self
+
+
+class RouteSettings(_Strict):
+    # 70 is unassigned in /etc/iproute2/rt_protos; the number marks routes
+    # as ours so a restarted reconciler can find and adopt them.
+    protocol: int = Field(70, ge=5, le=255)
+    table: int = Field(254, ge=1, le=2**32 - 1)
+
+
+class RetrySettings(_Strict):
+    initial: float = Field(0.5, gt=0)
+    maximum: float = Field(30.0, gt=0)
+
+
+class BirdSettings(_Strict):
+    mode: Literal["include", "managed"] = "include"
+    socket: str = "/run/bird/bird.ctl"
+    include_file: str = Field("/etc/bird/flock-anycast.conf", alias="includeFile")
+    # managed mode renders the whole bird.conf here; BIRD must be started with -c on it.
+    config_file: str = Field("/etc/bird/bird.conf", alias="configFile")
+    timeout: float = Field(5.0, gt=0)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+
+
+class Neighbor(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
+    address: IPAddress
+    remote_as: int = Field(alias="as", ge=1, le=2**32 - 1)
+    password: str | None = None
+    multihop: int | None = Field(None, ge=1, le=255)
+    bfd: bool = False
+    source_address: IPAddress | None = Field(None, alias="sourceAddress")
+    interface: str | None = None
+    families: tuple[Literal["ipv4", "ipv6"], ...] = ("ipv4", "ipv6")
+    # IPv4 routes over an IPv6 session need an IPv4 next hop (LAB-NOTES 9).
+    next_hop_ipv4: ipaddress.IPv4Address | None = Field(None, alias="nextHopIPv4")
+    extended_next_hop: bool = Field(False, alias="extendedNextHop")
+
+
+class BgpSettings(_Strict):
+    router_id: ipaddress.IPv4Address = Field(alias="routerId")
+    local_as: int = Field(alias="localAS", ge=1, le=2**32 - 1)
+    communities: tuple[str, ...] = ()
+    large_communities: tuple[str, ...] = Field((), alias="largeCommunities")
+    hold_time: int = Field(9, alias="holdTime", ge=3, le=65535)
+    keepalive_time: int = Field(3, alias="keepaliveTime", ge=1, le=21845)
+    connect_retry_time: int = Field(5, alias="connectRetryTime", ge=1)
+    neighbors: tuple[Neighbor, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _communities_shape(self) -> BgpSettings:
+        for community in self.communities:
+            _check_community(community, 2)
+        for community in self.large_communities:
+            _check_community(community, 3)
+        return self
+
+
+class HttpSettings(_Strict):
+    """Where /metrics, /healthz and /readyz are served; empty disables."""
+
+    listen: str = "127.0.0.1:9472"
+
+
+class NodeConfig(_Strict):
+    node_name: str = Field(alias="nodeName", min_length=1)
+    state_dir: str = Field(DEFAULT_STATE_DIR, alias="stateDir")
+    readiness: ReadinessSettings = Field(default_factory=ReadinessSettings)
+    routes: RouteSettings = Field(default_factory=RouteSettings)
+    drain_delay: float = Field(2.0, alias="drainDelay", ge=0)
+    resync_interval: float = Field(30.0, alias="resyncInterval", gt=0)
+    debounce: float = Field(0.05, ge=0)
+    max_wait: float = Field(0.5, alias="maxWait", gt=0)
+    bird: BirdSettings = Field(default_factory=BirdSettings)
+    bgp: BgpSettings | None = None
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="logLevel")
+
+    @model_validator(mode="after")
+    def _managed_needs_bgp(self) -> NodeConfig:
+        if self.bird.mode == "managed" and self.bgp is None:
+            raise ValueError("bgp is required when bird.mode is 'managed'")
+        if self.max_wait < self.debounce:
+            raise ValueError("maxWait must be at least debounce")
+        return self
+
+
+class NodeConfigError(Exception):
+    """The node config file cannot be read or is invalid; str() names the fields."""
+
+
+def parse_node_config(data: Any) -> NodeConfig:
+    """Validate decoded YAML; raises NodeConfigError naming every bad field."""
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc']) or '<top>'}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise NodeConfigError("invalid node config: " + "; ".join(problems)) from exc
+
+
+def load_node_config(path: str) -> NodeConfig:
+    """Read and validate a YAML node config file; raises NodeConfigError."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise NodeConfigError(f"cannot read node config {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise NodeConfigError(f"node config {path} is not valid YAML: {exc}") from exc
+    return parse_node_config(data)
+
+
+def _check_community(text: str, parts: int) -> None:
+    pieces = text.split(":")
+    if len(pieces) != parts or not all(piece.isdigit() for piece in pieces):
+        raise ValueError(f"community {text!r} must be {parts} numbers joined by ':'")
+    limit = 65535 if parts == 2 else 2**32 - 1
+    if any(int(piece) > limit for piece in pieces):
+        raise ValueError(f"community {text!r} has a part above {limit}")
