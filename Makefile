@@ -1,0 +1,42 @@
+# flock — see README.md. `make demo` and `make test` work on a fresh Debian 12 machine as root.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := iproute2 procps containernetworking-plugins golang-go golang-github-appc-cni-dev \
+                bird2 frr iputils-ping
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv build test unit demo bench conformance clean
+
+all: test
+
+deps:
+	.ci/install-deps $(DEB_PACKAGES)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test,build]'
+	touch $@
+
+build: venv
+	$(PY) build/build_plugin.py
+
+# Unit tier only: no root, no namespaces.
+unit: venv
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test: deps venv build
+	FLOCK_REQUIRE_FROZEN=1 $(VENV)/bin/pytest tests $(PYTEST_ARGS)
+
+demo: deps venv
+	$(PY) -m tests.lab.demo
+
+bench: deps venv build
+	$(PY) benchmarks/plugin_startup.py
+	$(PY) benchmarks/reconciler_bench.py
+
+clean:
+	rm -rf build/dist build/work $(VENV) .pytest_cache
