@@ -8,9 +8,11 @@ Pure: parsing and validation only.
 from __future__ import annotations
 
 import ipaddress
+import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from netconf.config import DEFAULT_STATE_DIR
 
@@ -61,6 +63,15 @@ class BirdSettings(_Strict):
     timeout: float = Field(5.0, gt=0)
     retry: RetrySettings = Field(default_factory=RetrySettings)
 
+    @field_validator("include_file", "config_file")
+    @classmethod
+    def _bird_path(cls, value: str) -> str:
+        # Written into bird.conf as `include "..."`: BIRD resolves a relative
+        # path from its own cwd and its strings cannot hold quotes or escapes.
+        if not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return _bird_string(value)
+
 
 class Neighbor(_Strict):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
@@ -74,7 +85,23 @@ class Neighbor(_Strict):
     families: tuple[Literal["ipv4", "ipv6"], ...] = ("ipv4", "ipv6")
     # IPv4 routes over an IPv6 session need an IPv4 next hop (LAB-NOTES 9).
     next_hop_ipv4: ipaddress.IPv4Address | None = Field(None, alias="nextHopIPv4")
+    # The same for IPv6 routes over an IPv4 session.
+    next_hop_ipv6: ipaddress.IPv6Address | None = Field(None, alias="nextHopIPv6")
     extended_next_hop: bool = Field(False, alias="extendedNextHop")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        # The name becomes a BIRD protocol name, in one symbol space with the
+        # static protocols and filters flock renders (flock_anycast4, ...).
+        if value.lower().startswith("flock_"):
+            raise ValueError("names starting with 'flock_' are reserved for flock's own BIRD symbols")
+        return value
+
+    @field_validator("password", "interface")
+    @classmethod
+    def _bird_quotable(cls, value: str | None) -> str | None:
+        return None if value is None else _bird_string(value)
 
 
 class BgpSettings(_Strict):
@@ -85,6 +112,14 @@ class BgpSettings(_Strict):
     hold_time: int = Field(9, alias="holdTime", ge=3, le=65535)
     keepalive_time: int = Field(3, alias="keepaliveTime", ge=1, le=21845)
     connect_retry_time: int = Field(5, alias="connectRetryTime", ge=1)
+    # BIRD's defaults (connect delay 5 s, error wait 60..300 s) when unset;
+    # labs and tests set 1 and (1, 2) so sessions come up and recover fast.
+    connect_delay_time: int | None = Field(None, alias="connectDelayTime", ge=1)
+    error_wait_time: tuple[int, int] | None = Field(None, alias="errorWaitTime")
+    # Off by default: with graceful restart the peers keep this node's routes
+    # for the restart time after its BIRD dies, sending anycast traffic to a
+    # node that cannot serve it while other nodes could.
+    graceful_restart: bool = Field(False, alias="gracefulRestart")
     neighbors: tuple[Neighbor, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -93,6 +128,13 @@ class BgpSettings(_Strict):
             _check_community(community, 2)
         for community in self.large_communities:
             _check_community(community, 3)
+        if self.error_wait_time is not None:
+            low, high = self.error_wait_time
+            if not 1 <= low <= high:
+                raise ValueError("errorWaitTime must be [min, max] with 1 <= min <= max")
+        names = [neighbor.name for neighbor in self.neighbors]
+        if len(set(names)) != len(names):
+            raise ValueError("neighbor names must be unique (each is a BIRD protocol name)")
         return self
 
 
@@ -143,11 +185,13 @@ def parse_node_config(data: Any) -> NodeConfig:
 
 def load_node_config(path: str) -> NodeConfig:
     """Read and validate a YAML node config file; raises NodeConfigError."""
+    import os
+
     import yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            data = yaml.safe_load(expand_environment(handle.read(), os.environ))
     except OSError as exc:
         raise NodeConfigError(f"cannot read node config {path}: {exc}") from exc
     except yaml.YAMLError as exc:
@@ -162,3 +206,29 @@ def _check_community(text: str, parts: int) -> None:
     limit = 65535 if parts == 2 else 2**32 - 1
     if any(int(piece) > limit for piece in pieces):
         raise ValueError(f"community {text!r} has a part above {limit}")
+
+
+def _bird_string(text: str) -> str:
+    """BIRD 2.0 strings end at the next double quote and know no escapes."""
+    if any(char in '"\\' or ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise ValueError("must not contain a double quote, a backslash or a control character")
+    return text
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_environment(text: str, environ: Mapping[str, str]) -> str:
+    """Replace ``${NAME}`` with the variable's value, so one ConfigMap serves every node.
+
+    Raises NodeConfigError naming a variable that is not set: an empty node
+    name or router id would be worse than not starting.
+    """
+
+    def substitute(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise NodeConfigError(f"node config refers to ${{{name}}}, which is not set in the environment")
+        return environ[name]
+
+    return _VARIABLE.sub(substitute, text)
