@@ -8,11 +8,10 @@ fakes; the real adapters are tested in namespaces.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cni_plugin.anycast import check_families, check_pools, requested_anycast
+from cni_plugin.anycast import AnycastRequest, check_families, check_pools, requested_anycast
 from cni_plugin.environment import CniEnvironment
 from cni_plugin.loopback import PodLoopback, host_prefixlen, netns_exists
 from netconf.config import NetworkConfig
@@ -28,9 +27,6 @@ from netconf.results import parse_result, render_result
 from netconf.state import Allocation, AllocationKey, PodRef, StateStore, utc_now
 
 log = logging.getLogger("flock.cni")
-
-AnnotationLookup = Callable[[NetworkConfig, CniEnvironment], "tuple[str, ...] | None"]
-
 
 @dataclass(frozen=True)
 class VerbContext:
@@ -60,7 +56,7 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
         )
     previous = parse_result(config.prev_result)
     output = render_result(previous, config.cni_version)
-    request = requested_anycast(config, dict(env.args))
+    request = resolve_anycast(config, env)
     if request is None:
         log.info("no anycast addresses requested for %s; passing prevResult through", env.container_id)
         return output
@@ -110,6 +106,19 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
     return output
 
 
+def resolve_anycast(config: NetworkConfig, env: CniEnvironment) -> AnycastRequest | None:
+    """Explicit sources first; the pod annotation only when none named addresses."""
+    request = requested_anycast(config, dict(env.args))
+    if request is not None:
+        return request
+    if not config.flock.kubeconfig:
+        return None
+    # Imported only here: most ADDs never reach the annotation source.
+    from cni_plugin.kubernetes import annotated_anycast
+
+    return annotated_anycast(config, env)
+
+
 def _undo_add(context: VerbContext, addresses) -> None:
     """Best-effort rollback; a failure here is logged, the original error wins."""
     try:
@@ -146,6 +155,9 @@ def cmd_check(context: VerbContext) -> None:
         parse_result(config.prev_result)
     request = requested_anycast(config, dict(env.args))
     record = next((item for item in context.store.read().allocations if item.key == context.key), None)
+    if request is None and config.flock.kubeconfig and record is not None:
+        # The annotation may have changed since ADD; what ADD applied is the truth.
+        request = AnycastRequest("the allocation made at ADD", record.anycast)
     if request is None:
         if record is not None:
             raise AnycastMissing(

@@ -130,3 +130,9 @@ class CleanupFailed(CniError):
 
 class KubernetesUnreachable(TryAgainLater):
     """The API server could not be asked for the pod's annotation."""
+
+
+class KubernetesRefused(CniError):
+    """The API server refused the plugin's credentials (401/403): fix RBAC or kubeconfig."""
+
+    code = 107
