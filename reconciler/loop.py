@@ -1,0 +1,642 @@
+"""The level-triggered reconciler: one pass observes, plans and applies in the safe order.
+
+A pass (:meth:`Reconciler.reconcile`):
+
+1. read the state file snapshot (on StateCorrupt/IOFailure keep the last
+   good view and report unready; with no good view yet, change nothing);
+2. take the readiness view, ask the kernel for the device reaching each
+   Ready pod IP, compute :func:`desired_routes`;
+3. list the kernel routes of our protocol, :func:`diff`;
+4. **advertise**: install added/changed routes first, then hand BIRD the
+   export set (only prefixes whose route is in place). BIRD is called only
+   when that set differs from the one BIRD last confirmed, after a failure
+   (with back-off), or on a periodic resync (the adapter skips the reload
+   when the rendered bytes are unchanged). A next hop joining or leaving an
+   existing prefix is a route replace and never changes the export set;
+5. **withdraw**: a stale route (ours, not desired) is deleted only after
+   BIRD confirmed a set without its prefix and the drain delay has passed
+   (:func:`plan_drain`); desired again while draining → kept, re-advertised.
+
+A pass with nothing changed makes no netlink write and no BIRD call.
+
+The :class:`Scheduler` runs passes: at start, on wake-ups (state file,
+readiness, route events) coalesced by a debounce with a bounded maximum
+wait, at drain deadlines and BIRD retry times, and every resync interval.
+
+May: call the kernel, BIRD and readiness adapters it is given, log, update
+metrics. May not: open sockets or files itself (adapters do), install
+signal handlers or logging (``main``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from netconf.errors import CniError
+from netconf.node import NodeConfig
+from netconf.state import Allocation, StateDocument
+from reconciler.desired import (
+    IPAddress,
+    IPNetwork,
+    NextHop,
+    RoutePlan,
+    SkippedNextHop,
+    count_next_hops,
+    desired_pod_ips,
+    desired_routes,
+    diff,
+    plan_drain,
+)
+from reconciler.kernel import KernelError
+from reconciler.logs import fields
+from reconciler.metrics import Metrics
+from reconciler.readiness import ReadinessSource
+
+log = logging.getLogger("reconciler.loop")
+
+# Per pass, route writes are logged one by one up to this many, then summed up
+# (a cold start with thousands of prefixes must not flood the log).
+_LOG_EACH = 20
+
+
+# -- ports: what the loop needs from its adapters ----------------------------
+
+
+class StateReader(Protocol):
+    def read(self) -> StateDocument:
+        """A snapshot; raises StateCorrupt or IOFailure (netconf.errors)."""
+        ...
+
+
+class KernelPort(Protocol):
+    """Implemented by ``kernel.KernelRoutes``; raises ``kernel.KernelError``."""
+
+    def list_routes(self) -> dict[IPNetwork, frozenset[NextHop]]: ...
+
+    def device_for(self, address: IPAddress) -> str | None: ...
+
+    def ensure_route(self, prefix: IPNetwork, next_hops: frozenset[NextHop]) -> None: ...
+
+    def delete_route(self, prefix: IPNetwork) -> bool: ...
+
+
+class ExportResult(Protocol):
+    ok: bool
+    reloaded: bool
+    error: str | None
+
+
+class BirdPort(Protocol):
+    """Implemented by ``bird.BirdExporter``; never raises for BIRD down or a rejected config."""
+
+    def ensure_exported(self, prefixes: Collection[IPNetwork]) -> ExportResult: ...
+
+    def status(self) -> dict: ...
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+# -- settings and results ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    drain_delay: float = 2.0
+    resync_interval: float = 30.0
+    debounce: float = 0.05
+    max_wait: float = 0.5
+    retry_initial: float = 0.5
+    retry_maximum: float = 30.0
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> LoopSettings:
+        return cls(
+            drain_delay=config.drain_delay,
+            resync_interval=config.resync_interval,
+            debounce=config.debounce,
+            max_wait=config.max_wait,
+            retry_initial=config.bird.retry.initial,
+            retry_maximum=config.bird.retry.maximum,
+        )
+
+
+@dataclass(frozen=True)
+class PassReport:
+    """What one pass did; for tests, ``--once`` and logs."""
+
+    result: str  # "ok", "error" or "skipped"
+    plan: RoutePlan | None = None
+    written: tuple[IPNetwork, ...] = ()
+    deleted: tuple[IPNetwork, ...] = ()
+    bird_called: bool = False
+    exported: frozenset[IPNetwork] | None = None
+    draining: dict[IPNetwork, float] = field(default_factory=dict)
+    skipped: tuple[SkippedNextHop, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "ok"
+
+
+@dataclass(frozen=True)
+class Health:
+    state_ok: bool
+    kernel_ok: bool
+    bird_ok: bool
+    readiness_ok: bool
+    passes: int
+    problems: tuple[str, ...]
+
+    @property
+    def ready(self) -> bool:
+        return self.passes > 0 and not self.problems
+
+
+def backoff_delay(failures: int, initial: float, maximum: float) -> float:
+    """Exponential back-off: initial, 2x, 4x... capped at maximum (failures >= 1)."""
+    return min(maximum, initial * (2 ** max(0, failures - 1)))
+
+
+# -- the reconciler ------------------------------------------------------------
+
+
+class Reconciler:
+    """Runs passes; remembers between them what BIRD confirmed and which routes drain.
+
+    Single-threaded: only the scheduler's thread calls :meth:`reconcile`;
+    :meth:`health` and :meth:`snapshot` may be read from other threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: StateReader,
+        readiness: ReadinessSource,
+        kernel: KernelPort,
+        bird: BirdPort,
+        settings: LoopSettings,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.readiness = readiness
+        self.kernel = kernel
+        self.bird = bird
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or Metrics()
+        self._lock = threading.Lock()
+        self._allocations: list[Allocation] | None = None
+        self._state_error: str | None = None
+        self._kernel_error: str | None = None
+        self._exported: frozenset[IPNetwork] | None = None
+        self._bird_error: str | None = None
+        self._bird_failures = 0
+        self._bird_attempted: frozenset[IPNetwork] | None = None
+        self._bird_retry_at: float | None = None
+        self._draining: dict[IPNetwork, float] = {}
+        self._skipped_logged: frozenset[tuple[Any, ...]] = frozenset()
+        self._passes = 0
+
+    # -- read-only views (any thread) --------------------------------------
+
+    @property
+    def exported(self) -> frozenset[IPNetwork] | None:
+        """The export set BIRD last confirmed (None: not yet)."""
+        return self._exported
+
+    @property
+    def draining(self) -> dict[IPNetwork, float]:
+        return dict(self._draining)
+
+    def next_deadline(self) -> float | None:
+        """The earliest monotonic time a pass is due without any event (drain end, BIRD retry)."""
+        deadlines = list(self._draining.values())
+        if self._bird_retry_at is not None:
+            deadlines.append(self._bird_retry_at)
+        return min(deadlines) if deadlines else None
+
+    def health(self) -> Health:
+        with self._lock:
+            readiness_status = self.readiness.status()
+            problems = []
+            if self._state_error:
+                problems.append(f"state: {self._state_error}")
+            if self._kernel_error:
+                problems.append(f"kernel: {self._kernel_error}")
+            if self._bird_error:
+                problems.append(f"bird: {self._bird_error}")
+            if not readiness_status.healthy:
+                problems.append(f"readiness: {readiness_status.detail}")
+            if self._passes == 0:
+                problems.append("no pass completed yet")
+            return Health(
+                state_ok=self._state_error is None and self._allocations is not None,
+                kernel_ok=self._kernel_error is None,
+                bird_ok=self._bird_error is None and self._exported is not None,
+                readiness_ok=readiness_status.healthy,
+                passes=self._passes,
+                problems=tuple(problems),
+            )
+
+    # -- the pass -----------------------------------------------------------
+
+    def reconcile(self, full: bool = False) -> PassReport:
+        """One level-triggered pass; never raises for adapter failures (they are reported).
+
+        ``full``: a periodic resync — BIRD is asked to confirm the export set
+        even when it did not change (the adapter skips unchanged reloads).
+        """
+        started = time.perf_counter()
+        try:
+            report = self._reconcile(full)
+        except Exception as exc:  # noqa: BLE001 - the daemon must outlive any one pass
+            log.exception("reconcile pass failed", extra=fields(error=repr(exc)))
+            report = PassReport("error", errors=(repr(exc),))
+        self.metrics.passes.labels(report.result).inc()
+        self.metrics.pass_duration.observe(time.perf_counter() - started)
+        self.metrics.last_pass.set(self.clock.time())
+        with self._lock:
+            self._passes += 1
+        return report
+
+    def _reconcile(self, full: bool) -> PassReport:
+        now = self.clock.monotonic()
+        allocations = self._observe_allocations()
+        if allocations is None:
+            # No good view of the allocations ever: touching anything could
+            # withdraw every pod on the node. Wait for a readable file.
+            return PassReport("skipped", errors=(self._state_error or "no state",))
+        view = self.readiness.observe()
+
+        try:
+            devices = {address: self.kernel.device_for(address) for address in desired_pod_ips(allocations, view.is_ready)}
+            observed = self.kernel.list_routes()
+        except KernelError as exc:
+            self._note_kernel_error(str(exc))
+            return PassReport("error", errors=(str(exc),))
+
+        desired = desired_routes(allocations, view.is_ready, devices.get)
+        self._note_skipped(desired.skipped)
+        plan = diff(desired.routes, observed, self._exported)
+        errors: list[str] = []
+
+        # Advertise, step 1: the kernel route must exist before BIRD exports it.
+        written: list[IPNetwork] = []
+        after = dict(observed)
+        for action in plan.ensure:
+            try:
+                self.kernel.ensure_route(action.prefix, action.next_hops)
+            except KernelError as exc:
+                errors.append(str(exc))
+                self.metrics.route_writes.labels(action.op, "error").inc()
+                log.error(
+                    "route write failed",
+                    extra=fields(op=action.op, prefix=action.prefix, error=str(exc)),
+                )
+                continue
+            self.metrics.route_writes.labels(action.op, "ok").inc()
+            written.append(action.prefix)
+            after[action.prefix] = action.next_hops
+            if len(written) <= _LOG_EACH:
+                log.info(
+                    "route " + ("added" if action.op == "add" else "replaced"),
+                    extra=fields(
+                        prefix=action.prefix, next_hops=_hops_text(action.next_hops), was=_hops_text(action.previous)
+                    ),
+                )
+        if len(written) > _LOG_EACH:
+            log.info("more routes written", extra=fields(count=len(written) - _LOG_EACH, total=len(written)))
+        export = frozenset(prefix for prefix in plan.export if prefix in after)
+
+        # Advertise step 2 / withdraw step 1: BIRD.
+        bird_called = self._ensure_exported(export, full, now)
+
+        # Withdraw, step 2: delete stale routes once BIRD dropped them and the drain delay passed.
+        drain = plan_drain(
+            (action.prefix for action in plan.stale),
+            self._exported,
+            self._draining,
+            now,
+            self.settings.drain_delay,
+        )
+        draining = dict(drain.draining)
+        deleted: list[IPNetwork] = []
+        for prefix in sorted(drain.delete, key=lambda p: (p.version, p)):
+            try:
+                self.kernel.delete_route(prefix)
+            except KernelError as exc:
+                errors.append(str(exc))
+                self.metrics.route_writes.labels("delete", "error").inc()
+                draining[prefix] = now + self.settings.retry_initial  # try again soon
+                log.error("route delete failed", extra=fields(prefix=prefix, error=str(exc)))
+                continue
+            self.metrics.route_writes.labels("delete", "ok").inc()
+            deleted.append(prefix)
+            after.pop(prefix, None)
+            if len(deleted) <= _LOG_EACH:
+                log.info("route deleted", extra=fields(prefix=prefix, reason="withdrawn and drained"))
+        if len(deleted) > _LOG_EACH:
+            log.info("more routes deleted", extra=fields(count=len(deleted) - _LOG_EACH, total=len(deleted)))
+        started_draining = sorted(set(draining) - set(self._draining), key=lambda p: (p.version, p))
+        if started_draining:
+            log.info(
+                "routes draining",
+                extra=fields(
+                    prefixes=_prefixes_text(started_draining),
+                    delete_in=f"{max(0.0, min(draining.values()) - now):.3f}s",
+                ),
+            )
+        self._draining = draining
+        self._note_kernel_error(None)
+        self._update_gauges(after, desired.skipped)
+        return PassReport(
+            "error" if errors or self._bird_error else "ok",
+            plan=plan,
+            written=tuple(written),
+            deleted=tuple(deleted),
+            bird_called=bird_called,
+            exported=self._exported,
+            draining=dict(draining),
+            skipped=desired.skipped,
+            errors=tuple(errors) + ((f"bird: {self._bird_error}",) if self._bird_error else ()),
+        )
+
+    # -- steps --------------------------------------------------------------
+
+    def _observe_allocations(self) -> list[Allocation] | None:
+        try:
+            document = self.store.read()
+        except CniError as exc:  # StateCorrupt, IOFailure
+            message = f"{exc.msg} ({exc.details})" if exc.details else exc.msg
+            self.metrics.state_read_errors.inc()
+            if message != self._state_error:
+                log.error(
+                    "state file unreadable, keeping the last good view",
+                    extra=fields(error=message, have_view=self._allocations is not None),
+                )
+            with self._lock:
+                self._state_error = message
+            return self._allocations
+        if self._state_error is not None:
+            log.info("state file readable again")
+        with self._lock:
+            self._state_error = None
+            self._allocations = list(document.allocations)
+        return self._allocations
+
+    def _ensure_exported(self, export: frozenset[IPNetwork], full: bool, now: float) -> bool:
+        failing = self._bird_error is not None
+        if export == self._exported and not failing and not full:
+            return False
+        if failing and export == self._bird_attempted and self._bird_retry_at is not None and now < self._bird_retry_at:
+            return False  # same request failed recently; the retry is scheduled
+        self._bird_attempted = export
+        try:
+            outcome = self.bird.ensure_exported(export)
+            ok, reloaded, error = outcome.ok, outcome.reloaded, outcome.error
+        except Exception as exc:  # noqa: BLE001 - the adapter should not raise; never let it kill us
+            ok, reloaded, error = False, False, f"BIRD adapter raised {exc!r}"
+        if reloaded:
+            self.metrics.bird_reloads.inc()
+        if ok:
+            self.metrics.bird_calls.labels("ok").inc()
+            if self._bird_error is not None:
+                log.info("BIRD apply succeeded again", extra=fields(after_failures=self._bird_failures))
+            added = export - (self._exported or frozenset())
+            removed = (self._exported or frozenset()) - export
+            if added or removed or reloaded:
+                log.info(
+                    "BIRD export applied",
+                    extra=fields(
+                        advertised=_prefixes_text(added),
+                        withdrawn=_prefixes_text(removed),
+                        total=len(export),
+                        reloaded=reloaded,
+                    ),
+                )
+            with self._lock:
+                self._exported = export
+                self._bird_error = None
+                self._bird_failures = 0
+                self._bird_retry_at = None
+            self.metrics.bird_last_success.set(self.clock.time())
+            for family, version in (("ipv4", 4), ("ipv6", 6)):
+                self.metrics.advertised_prefixes.labels(family).set(
+                    sum(1 for prefix in export if prefix.version == version)
+                )
+        else:
+            self.metrics.bird_calls.labels("error").inc()
+            self.metrics.bird_apply_failures.inc()
+            with self._lock:
+                self._bird_failures += 1
+                self._bird_error = error or "BIRD apply failed"
+                delay = backoff_delay(self._bird_failures, self.settings.retry_initial, self.settings.retry_maximum)
+                self._bird_retry_at = now + delay
+            log.error(
+                "BIRD apply failed, will retry",
+                extra=fields(error=self._bird_error, failures=self._bird_failures, retry_in=f"{delay:.3f}s"),
+            )
+        return True
+
+    def _note_kernel_error(self, message: str | None) -> None:
+        if message is not None and message != self._kernel_error:
+            log.error("kernel unreachable", extra=fields(error=message))
+        with self._lock:
+            self._kernel_error = message
+
+    def _note_skipped(self, skipped: tuple[SkippedNextHop, ...]) -> None:
+        keys = frozenset((item.allocation, item.anycast, item.reason) for item in skipped)
+        if keys != self._skipped_logged:
+            for item in skipped:
+                if (item.allocation, item.anycast, item.reason) not in self._skipped_logged:
+                    log.warning(
+                        "allocation skipped",
+                        extra=fields(
+                            pod=item.pod,
+                            container=item.allocation[1][:12],
+                            anycast=item.anycast,
+                            reason=item.reason,
+                            detail=item.detail,
+                        ),
+                    )
+            self._skipped_logged = keys
+        for reason in ("no-pod-ip-of-family", "no-device"):
+            self.metrics.skipped_next_hops.labels(reason).set(sum(1 for item in skipped if item.reason == reason))
+
+    def _update_gauges(self, routes: dict[IPNetwork, frozenset[NextHop]], skipped: Iterable[SkippedNextHop]) -> None:
+        for family, version in (("ipv4", 4), ("ipv6", 6)):
+            self.metrics.routes.labels(family).set(sum(1 for prefix in routes if prefix.version == version))
+        self.metrics.next_hops.set(count_next_hops(routes))
+        self.metrics.draining_prefixes.set(len(self._draining))
+
+
+# -- scheduling ----------------------------------------------------------------
+
+
+def coalesced_due(first_event: float, last_event: float, debounce: float, max_wait: float) -> float:
+    """When a burst of wake-ups should run its pass: quiet for ``debounce``, at most ``max_wait`` after the first."""
+    return min(last_event + debounce, first_event + max_wait)
+
+
+class Waker:
+    """Thread-safe wake-up box: event sources call :meth:`wake`, the scheduler drains it."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._condition = threading.Condition()
+        self._reasons: set[str] = set()
+        self._first: float | None = None
+        self._last: float | None = None
+        self._stopped = False
+        self._metrics = metrics
+        self.last_tick = time.monotonic()
+
+    def wake(self, reason: str) -> None:
+        now = time.monotonic()
+        with self._condition:
+            self._reasons.add(reason)
+            if self._first is None:
+                self._first = now
+            self._last = now
+            self._condition.notify_all()
+        if self._metrics is not None:
+            self._metrics.wakeups.labels(reason).inc()
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopped = True
+            self._condition.notify_all()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def wait(
+        self,
+        timer_due: float,
+        debounce: float,
+        max_wait: float,
+        heartbeat: float = 1.0,
+        events_not_before: float = 0.0,
+    ) -> set[str] | None:
+        """Block until a pass is due; returns the wake reasons (empty for a timer), or None to stop.
+
+        Wakes at least every ``heartbeat`` seconds internally; returns only
+        when the coalesced events (not before ``events_not_before``) or
+        ``timer_due`` (monotonic) are due.
+        """
+        with self._condition:
+            while not self._stopped:
+                now = time.monotonic()
+                due = timer_due
+                if self._first is not None and self._last is not None:
+                    event_due = coalesced_due(self._first, self._last, debounce, max_wait)
+                    due = min(due, max(event_due, events_not_before))
+                if now >= due:
+                    reasons = set(self._reasons)
+                    self._reasons.clear()
+                    self._first = self._last = None
+                    return reasons
+                self._condition.wait(min(due - now, heartbeat))
+                self.last_tick = time.monotonic()
+            return None
+
+
+class Scheduler:
+    """Runs the reconciler until stopped: start pass, events, deadlines, periodic resync."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        waker: Waker,
+        settings: LoopSettings,
+        on_pass: Callable[[PassReport], None] | None = None,
+    ) -> None:
+        self.reconciler = reconciler
+        self.waker = waker
+        self.settings = settings
+        self.last_tick = time.monotonic()
+        self.on_pass = on_pass
+        # Called before each pass (e.g. re-adding an inotify watch on a directory created late).
+        self.before_pass: Callable[[], object] | None = None
+
+    # Timer-driven passes (drain ends, BIRD retries) come at least this long
+    # after the previous pass, and at least retry_initial after a failed one,
+    # so a deadline a failing pass could not clear never spins the loop.
+    min_spacing = 0.05
+    # Event-driven passes come at least this long after the previous one: if
+    # a route kept differing from what we write, the route events our own
+    # writes cause could otherwise loop as fast as the CPU allows.
+    min_event_spacing = 0.02
+
+    def run(self) -> None:
+        next_resync = time.monotonic()  # the first pass runs at once, as a full resync
+        earliest = 0.0  # for timer-driven passes
+        events_not_before = 0.0
+        while True:
+            timer_due = next_resync
+            deadline = self.reconciler.next_deadline()
+            if deadline is not None:
+                timer_due = min(timer_due, max(deadline, earliest))
+            self.last_tick = time.monotonic()
+            reasons = self.waker.wait(
+                timer_due,
+                self.settings.debounce,
+                self.settings.max_wait,
+                events_not_before=events_not_before,
+            )
+            if reasons is None:
+                return
+            now = time.monotonic()
+            full = now >= next_resync
+            if full:
+                reasons.add("resync")
+                next_resync = now + self.settings.resync_interval
+            elif not reasons:
+                reasons.add("timer")
+            log.debug("pass", extra=fields(reasons=",".join(sorted(reasons)), full=full))
+            if self.before_pass is not None:
+                try:
+                    self.before_pass()
+                except Exception as exc:  # noqa: BLE001 - a hook must not stop the loop
+                    log.warning("pre-pass hook failed", extra=fields(error=repr(exc)))
+            report = self.reconciler.reconcile(full=full)
+            self.last_tick = time.monotonic()
+            events_not_before = self.last_tick + self.min_event_spacing
+            spacing = self.min_spacing if report.result != "error" else max(self.min_spacing, self.settings.retry_initial)
+            earliest = self.last_tick + spacing
+            if self.on_pass is not None:
+                self.on_pass(report)
+
+    def tick_age(self) -> float:
+        return max(0.0, time.monotonic() - max(self.last_tick, self.waker.last_tick))
+
+
+def _hops_text(hops: Iterable[NextHop]) -> str:
+    return ",".join(f"{hop.gateway}@{hop.device}" for hop in sorted(hops)) or "-"
+
+
+def _prefixes_text(prefixes: Iterable[IPNetwork]) -> str:
+    ordered = sorted(prefixes, key=lambda p: (p.version, p))
+    if len(ordered) > 20:
+        return ",".join(str(p) for p in ordered[:20]) + f",...(+{len(ordered) - 20})"
+    return ",".join(str(p) for p in ordered) or "-"
+

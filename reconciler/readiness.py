@@ -1,0 +1,226 @@
+"""Readiness sources: which committed allocations belong to a Ready pod.
+
+One interface (:class:`ReadinessSource`) with a source per setting of
+``readiness.source``:
+
+- ``always`` — every committed allocation is Ready (non-Kubernetes runtimes, the demo).
+- ``file`` — a JSON or YAML mapping written by an external health checker:
+  the hook for anything that knows better than the runtime whether a pod can
+  serve. Keys are a pod UID, ``namespace/name`` or a container ID; values
+  ``true``/``false``. The most specific key present wins (UID, then
+  ``namespace/name``, then container ID); an allocation with no key is not
+  Ready. An unreadable, missing or invalid file keeps the last good view
+  (empty at start: nothing Ready) and is reported, so a checker rewriting
+  its file never flaps the fabric. Write it atomically (temp + rename).
+- ``kubernetes`` — a pod watch (its own issue). It fits the same shape: a
+  thread keeps a cache and calls ``wake`` on changes; :meth:`observe` hands
+  the loop an immutable view of that cache.
+
+May: read the readiness file, run watcher threads that call ``wake``.
+May not: read the state file, touch the kernel or BIRD.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from netconf.node import ReadinessSettings
+from netconf.state import Allocation
+from reconciler.watch import FileWatch, Wake, WatchError
+
+log = logging.getLogger(__name__)
+
+
+class ReadinessView(Protocol):
+    """An immutable snapshot the loop uses for one pass."""
+
+    def is_ready(self, allocation: Allocation) -> bool: ...
+
+
+class ReadinessSource(Protocol):
+    """A readiness source; ``start`` may spawn a watcher that calls ``wake(reason)``."""
+
+    name: str
+
+    def start(self, wake: Wake) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def observe(self) -> ReadinessView:
+        """The current view; never raises (keeps the last good view on errors)."""
+        ...
+
+    def status(self) -> ReadinessStatus: ...
+
+
+@dataclass(frozen=True)
+class ReadinessStatus:
+    healthy: bool
+    detail: str = ""
+
+
+class _AllReady:
+    def is_ready(self, allocation: Allocation) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class MappingView:
+    """Readiness from a key -> bool mapping; see the module docstring for key lookup."""
+
+    ready: Mapping[str, bool] = field(default_factory=dict)
+
+    def is_ready(self, allocation: Allocation) -> bool:
+        for key in readiness_keys(allocation):
+            if key in self.ready:
+                return self.ready[key]
+        return False
+
+
+def readiness_keys(allocation: Allocation) -> list[str]:
+    """Keys an allocation is looked up by, most specific first."""
+    keys = []
+    pod = allocation.pod
+    if pod.uid:
+        keys.append(pod.uid)
+    if pod.namespace and pod.name:
+        keys.append(f"{pod.namespace}/{pod.name}")
+    keys.append(allocation.container_id)
+    return keys
+
+
+class AlwaysReady:
+    """``readiness.source: always``."""
+
+    name = "always"
+
+    def start(self, wake: Wake) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def observe(self) -> ReadinessView:
+        return _AllReady()
+
+    def status(self) -> ReadinessStatus:
+        return ReadinessStatus(True)
+
+
+class ReadinessFileError(ValueError):
+    """The readiness file is not a mapping of string keys to booleans."""
+
+
+def parse_readiness_document(text: str) -> dict[str, bool]:
+    """Decode a JSON or YAML readiness mapping; raises ReadinessFileError.
+
+    An empty document is an empty mapping (nothing Ready).
+    """
+    import yaml
+
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ReadinessFileError(f"neither JSON nor YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ReadinessFileError(f"top level must be a mapping, got {type(data).__name__}")
+    ready: dict[str, bool] = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or not key:
+            raise ReadinessFileError(f"key {key!r} must be a non-empty string")
+        if not isinstance(value, bool):
+            raise ReadinessFileError(f"value of {key!r} must be true or false, got {value!r}")
+        ready[key] = value
+    return ready
+
+
+class FileReadiness:
+    """``readiness.source: file``: a mapping file, re-read on change and on every pass."""
+
+    name = "file"
+
+    def __init__(self, path: str, watch_factory: Callable[[dict[str, str], Wake], FileWatch] = FileWatch) -> None:
+        self.path = os.path.abspath(path)
+        self._watch_factory = watch_factory
+        self._watch: FileWatch | None = None
+        self._lock = threading.Lock()
+        self._view = MappingView()
+        self._raw: bytes | None = None
+        self._error: str | None = None
+
+    def start(self, wake: Wake) -> None:
+        """Watch the file's directory; without inotify the periodic resync still re-reads it."""
+        try:
+            self._watch = self._watch_factory({self.path: "readiness-file"}, wake)
+            self._watch.start()
+        except WatchError as exc:
+            log.warning(
+                "readiness file not watched, relying on resync",
+                extra={"fields": {"path": self.path, "error": str(exc)}},
+            )
+            self._watch = None
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+
+    def observe(self) -> ReadinessView:
+        if self._watch is not None:
+            self._watch.ensure_watches()
+        with self._lock:
+            self._refresh()
+            return self._view
+
+    def status(self) -> ReadinessStatus:
+        with self._lock:
+            return ReadinessStatus(self._error is None, self._error or "")
+
+    def _refresh(self) -> None:
+        try:
+            with open(self.path, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            self._fail(f"cannot read readiness file {self.path}: {exc.strerror or exc}")
+            return
+        if raw == self._raw and self._error is None:
+            return
+        try:
+            ready = parse_readiness_document(raw.decode("utf-8"))
+        except (ReadinessFileError, UnicodeDecodeError) as exc:
+            self._fail(f"invalid readiness file {self.path}: {exc}")
+            return
+        if self._error is not None:
+            log.info("readiness file readable again", extra={"fields": {"path": self.path}})
+        self._raw = raw
+        self._error = None
+        self._view = MappingView(ready)
+
+    def _fail(self, message: str) -> None:
+        if message != self._error:
+            log.warning(
+                "keeping last good readiness view",
+                extra={"fields": {"error": message, "entries": len(self._view.ready)}},
+            )
+        self._error = message
+
+
+def make_readiness_source(settings: ReadinessSettings) -> ReadinessSource:
+    """The source named by the node config; raises ValueError for ``kubernetes`` (not built yet)."""
+    if settings.source == "always":
+        return AlwaysReady()
+    if settings.source == "file":
+        assert settings.file is not None  # the config model requires it
+        return FileReadiness(settings.file)
+    raise ValueError("readiness.source 'kubernetes' is not implemented yet; use 'always' or 'file'")
