@@ -11,6 +11,10 @@ ctypes, as ``pyroute2.inotify`` does, but with a non-blocking close-on-exec
 descriptor, checked return values and the event mask we need: files are
 replaced by rename, so the *directory* is watched for ``IN_MOVED_TO``,
 ``IN_CLOSE_WRITE``, ``IN_CREATE`` and ``IN_DELETE`` of the file name.
+
+Route events are split and decoded by pyroute2 (``MarshalRtnl``, ``rtmsg``);
+the socket is the one ``open_netlink_socket`` makes (inside a netns path
+without ``setns``), read in a selector next to a stop pipe.
 """
 
 from __future__ import annotations
@@ -24,16 +28,13 @@ import selectors
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from reconciler.kernel import (
-    RTM_DELROUTE,
-    RTM_NEWROUTE,
-    RTA_TABLE,
-    RTMGRP_IPV4_ROUTE,
-    RTMGRP_IPV6_ROUTE,
-    open_netlink_socket,
-)
+from pyroute2.netlink.rtnl import RTM_DELROUTE, RTM_NEWROUTE, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from reconciler.kernel import RT_TABLE_COMPAT, open_netlink_socket
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class RouteMonitor:
         self.table = table
         self.netns = netns
         self._sock: socket.socket | None = None
+        self._marshal = MarshalRtnl()
         self._stop_read, self._stop_write = -1, -1
         self._thread: threading.Thread | None = None
 
@@ -248,37 +250,37 @@ class RouteMonitor:
                         continue
                     log.error("route monitor stopped", extra={"fields": {"error": str(exc)}})
                     return
-                if any(self._is_ours(kind, body) for kind, body in _messages(data)):
+                # Parsed lazily: one message of ours in the buffer is enough.
+                messages = self._marshal.parse(data)
+                if any(self._is_ours(message["header"]["type"], message) for message in messages):
                     self._wake("route-event")
 
-    def _is_ours(self, kind: int, body: bytes) -> bool:
-        if kind not in (RTM_NEWROUTE, RTM_DELROUTE) or len(body) < 12:
+    def _is_ours(self, kind: int, message: rtmsg | bytes) -> bool:
+        """Whether a route message (decoded, or the raw rtmsg body after the netlink header) is ours."""
+        if kind not in (RTM_NEWROUTE, RTM_DELROUTE):
             return False
-        table, protocol = body[4], body[5]
-        if protocol != self.protocol:
+        if not isinstance(message, rtmsg):
+            try:
+                message = _route_body(message)
+            except struct.error:  # shorter than an rtmsg
+                return False
+        if message["proto"] != self.protocol:
             return False
-        for attr_type, value in _route_attributes(body):
-            if attr_type == RTA_TABLE and len(value) >= 4:
-                table = struct.unpack_from("=I", value)[0]
+        table = message["table"]
+        if table == RT_TABLE_COMPAT:  # the id does not fit rtm_table: it is in RTA_TABLE
+            table = message.get_attr("RTA_TABLE", table)
         return table == self.table
 
 
-def _messages(data: bytes) -> Iterable[tuple[int, bytes]]:
-    offset = 0
-    while offset + 16 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, offset)
-        if length < 16:
-            return
-        yield kind, data[offset + 16 : offset + length]
-        offset += (length + 3) & ~3
+class _RtmsgBody(rtmsg):
+    """An rtmsg decoded from its payload alone (no netlink header), as a caller may hold one."""
+
+    __slots__ = ()
+    header = None
 
 
-def _route_attributes(body: bytes) -> Iterable[tuple[int, bytes]]:
-    offset = 12
-    while offset + 4 <= len(body):
-        length, attr_type = struct.unpack_from("=HH", body, offset)
-        if length < 4:
-            return
-        yield attr_type & 0x3FFF, body[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
+def _route_body(body: bytes) -> rtmsg:
+    message = _RtmsgBody(body, length=len(body))
+    message.decode()
+    return message
 
