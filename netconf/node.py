@@ -23,17 +23,55 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+class RetrySettings(_Strict):
+    initial: float = Field(0.5, gt=0)
+    maximum: float = Field(30.0, gt=0)
+
+
+class KubernetesSettings(_Strict):
+    """The ``kubernetes`` readiness source: list + watch of this node's pods.
+
+    ``kubeconfig``: a kubeconfig file; unset, the in-cluster service account
+    is used (then ``$KUBECONFIG``, then ``~/.kube/config``). ``context``: a
+    context of that file other than its current one. ``staleHold``: how
+    long the last known readiness is kept while the API cannot be read;
+    after that every allocation is withdrawn (and the log, the
+    ``flock_reconciler_readiness_stale`` gauge and ``/readyz`` say so) until
+    a list succeeds again. ``backoff``: retry delays of the list after a
+    failure (doubling from ``initial`` up to ``maximum``). ``watchTimeout``:
+    the server-side timeout of one watch request (jittered up to twice
+    that); the watch then resumes from the last seen version.
+    ``requestTimeout``: connect and list timeout.
+    """
+
+    kubeconfig: str | None = Field(None, min_length=1)
+    context: str | None = Field(None, min_length=1)
+    stale_hold: float = Field(60.0, alias="staleHold", ge=0)
+    backoff: RetrySettings = Field(default_factory=RetrySettings)
+    watch_timeout: int = Field(300, alias="watchTimeout", ge=1, le=86400)
+    request_timeout: float = Field(10.0, alias="requestTimeout", gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> KubernetesSettings:
+        if self.backoff.maximum < self.backoff.initial:
+            raise ValueError("backoff.maximum must be at least backoff.initial")
+        return self
+
+
 class ReadinessSettings(_Strict):
     """Where readiness comes from.
 
     ``always``: every committed allocation is Ready (non-Kubernetes hosts,
     the demo). ``file``: a JSON/YAML mapping of pod UID, ``namespace/name``
     or container ID to true/false, written by an external health checker
-    and watched for changes. ``kubernetes``: the pod watch (own issue).
+    and watched for changes. ``kubernetes``: the pods of this node
+    (``nodeName``) from the API server, Ready when their ``Ready`` condition
+    is True and they are not terminating (settings in ``kubernetes``).
     """
 
     source: Literal["always", "file", "kubernetes"] = "always"
     file: str | None = None
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> ReadinessSettings:
@@ -47,11 +85,6 @@ class RouteSettings(_Strict):
     # as ours so a restarted reconciler can find and adopt them.
     protocol: int = Field(70, ge=5, le=255)
     table: int = Field(254, ge=1, le=2**32 - 1)
-
-
-class RetrySettings(_Strict):
-    initial: float = Field(0.5, gt=0)
-    maximum: float = Field(30.0, gt=0)
 
 
 class BirdSettings(_Strict):

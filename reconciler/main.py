@@ -10,6 +10,9 @@ namespace of the process.
 - Without ``--once``: run until SIGTERM/SIGINT. Wake-ups: the state file
   (inotify on its directory), the readiness source, netlink route events
   of our protocol, drain deadlines, BIRD retries and the resync interval.
+- A readiness source with a first sync (``kubernetes``: the first pod list)
+  holds the first pass until it has its view, at most its stale hold; with
+  ``--once``, no view in that time means exit 1 and nothing changed.
 
 **Shutdown leaves routes and the BIRD export in place.** A restart (upgrade,
 crash, node agent rollout) must not flap the fabric: the next instance
@@ -53,7 +56,7 @@ from reconciler.loop import (
     Waker,
 )
 from reconciler.metrics import Metrics
-from reconciler.readiness import ReadinessSource, make_readiness_source
+from reconciler.readiness import ReadinessSource, make_readiness_source, wait_for_first_view
 from reconciler.watch import FileWatch, RouteMonitor, WatchError
 
 log = logging.getLogger("reconciler.main")
@@ -92,6 +95,10 @@ def install_process_state(config: NodeConfig, stop: Callable[[], None]) -> Calla
     previous_level = root.level
     root.addHandler(handler)
     root.setLevel(config.log_level.upper())
+    # lightkube's HTTP client logs every request (each watch resume) at info.
+    http_client_log = logging.getLogger("httpx2")
+    previous_http_level = http_client_log.level
+    http_client_log.setLevel(logging.WARNING)
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -102,6 +109,7 @@ def install_process_state(config: NodeConfig, stop: Callable[[], None]) -> Calla
             signal.signal(signum, handler_before)
         root.removeHandler(handler)
         root.setLevel(previous_level)
+        http_client_log.setLevel(previous_http_level)
 
     return restore
 
@@ -112,7 +120,9 @@ class Runtime:
 
     make_kernel: Callable[[NodeConfig], KernelPort] = make_kernel
     make_bird: Callable[[NodeConfig], BirdPort] = make_bird
-    make_readiness: Callable[[NodeConfig], ReadinessSource] = lambda config: make_readiness_source(config.readiness)
+    make_readiness: Callable[[NodeConfig], ReadinessSource] = lambda config: make_readiness_source(
+        config.readiness, config.node_name
+    )
     make_route_monitor: Callable[[NodeConfig, Callable[[str], None]], Any] | None = make_route_monitor
     make_file_watch: Callable[[dict[str, str], Callable[[str], None]], Any] | None = FileWatch
     install_process_state: Callable[[NodeConfig, Callable[[], None]], Callable[[], None]] = install_process_state
@@ -167,12 +177,15 @@ def _run_configured(config: NodeConfig, once: bool, runtime: Runtime, waker: Wak
         readiness = runtime.make_readiness(config)
         kernel = runtime.make_kernel(config)
         bird = runtime.make_bird(config)
-    except ValueError as exc:  # a setting the components refuse (e.g. readiness.source: kubernetes)
+    except ValueError as exc:  # a setting the components refuse (e.g. an unusable kubeconfig)
         print(f"flock-reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (StartupError, KernelError) as exc:
         log.error("cannot start", extra=fields(error=str(exc)))
         return EXIT_FAILURE
+    register_metrics = getattr(readiness, "register_metrics", None)
+    if callable(register_metrics):
+        register_metrics(metrics.registry)
     _bootstrap_bird_files(bird)
     store = StateStore(config.state_dir)
     reconciler = Reconciler(
@@ -193,7 +206,7 @@ def _run_configured(config: NodeConfig, once: bool, runtime: Runtime, waker: Wak
     )
     try:
         if once:
-            return _run_once(reconciler, runtime, waker, settings)
+            return _run_once_with_readiness(reconciler, readiness, runtime, waker, settings)
         return _run_daemon(config, store, reconciler, readiness, runtime, waker, settings, metrics)
     finally:
         close = getattr(kernel, "close", None)
@@ -214,6 +227,26 @@ def _bootstrap_bird_files(bird: BirdPort) -> None:
         return
     if written:
         log.info("created BIRD's initial files", extra=fields(paths=",".join(written)))
+
+
+def _run_once_with_readiness(
+    reconciler: Reconciler, readiness: ReadinessSource, runtime: Runtime, waker: Waker, settings: LoopSettings
+) -> int:
+    # A source with a first sync (kubernetes) must have its view before the
+    # pass: without it nothing is Ready and the pass would withdraw everything.
+    if not callable(getattr(readiness, "wait_synced", None)):
+        return _run_once(reconciler, runtime, waker, settings)
+    readiness.start(waker.wake)
+    try:
+        if not wait_for_first_view(readiness, lambda: waker.stopped):
+            log.error(
+                "no readiness view, nothing changed",
+                extra=fields(readiness=readiness.name, detail=readiness.status().detail),
+            )
+            return EXIT_FAILURE
+        return _run_once(reconciler, runtime, waker, settings)
+    finally:
+        readiness.stop()
 
 
 def _run_once(reconciler: Reconciler, runtime: Runtime, waker: Waker, settings: LoopSettings) -> int:
@@ -289,6 +322,16 @@ def _run_daemon(
             runtime.http = endpoints
             stoppers.append(endpoints.stop)
             log.info("serving HTTP", extra=fields(listen="%s:%d" % endpoints.address))
+        # Hold the first pass until the readiness source has a view (bounded
+        # by its stale hold): passing with none would withdraw everything a
+        # previous instance left advertised.
+        keep_ticking = lambda: setattr(scheduler, "last_tick", time.monotonic())  # noqa: E731 - /healthz
+        if not wait_for_first_view(readiness, lambda: waker.stopped, keep_ticking):
+            if not waker.stopped:
+                log.warning(
+                    "readiness source has no view yet; passing with nothing Ready",
+                    extra=fields(readiness=readiness.name, detail=readiness.status().detail),
+                )
         runtime.started.set()
         scheduler.run()
         log.info("stopping; routes and BIRD export are left in place")

@@ -12,11 +12,19 @@ One interface (:class:`ReadinessSource`) with a source per setting of
   Ready. An unreadable, missing or invalid file keeps the last good view
   (empty at start: nothing Ready) and is reported, so a checker rewriting
   its file never flaps the fabric. Write it atomically (temp + rename).
-- ``kubernetes`` — a pod watch (its own issue). It fits the same shape: a
-  thread keeps a cache and calls ``wake`` on changes; :meth:`observe` hands
-  the loop an immutable view of that cache.
+- ``kubernetes`` — the pods of this node from the API server
+  (``reconciler.kubernetes_source``, imported only for that setting): a
+  thread lists and watches, keeps a cache and calls ``wake`` on readiness
+  changes; :meth:`observe` hands the loop an immutable view of that cache.
 
-May: read the readiness file, run watcher threads that call ``wake``.
+A source that needs a first sync before its view means anything
+(``kubernetes``) also has ``wait_synced(timeout) -> bool`` and
+``sync_timeout``; the daemon holds its first pass for it
+(:func:`wait_for_first_view`). A source with metrics of its own has
+``register_metrics(registry)``.
+
+May: read the readiness file, read pods from the API server (the
+``kubernetes`` source), run watcher threads that call ``wake``.
 May not: read the state file, touch the kernel or BIRD.
 """
 
@@ -26,6 +34,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -216,11 +225,47 @@ class FileReadiness:
         self._error = message
 
 
-def make_readiness_source(settings: ReadinessSettings) -> ReadinessSource:
-    """The source named by the node config; raises ValueError for ``kubernetes`` (not built yet)."""
+def make_readiness_source(settings: ReadinessSettings, node_name: str | None = None) -> ReadinessSource:
+    """The source named by the node config.
+
+    Raises ValueError when it cannot be built: ``kubernetes`` without a node
+    name or without a usable kubeconfig (``KubernetesConfigError``).
+    """
     if settings.source == "always":
         return AlwaysReady()
     if settings.source == "file":
         assert settings.file is not None  # the config model requires it
         return FileReadiness(settings.file)
-    raise ValueError("readiness.source 'kubernetes' is not implemented yet; use 'always' or 'file'")
+    if not node_name:
+        raise ValueError("readiness.source 'kubernetes' needs nodeName (the pods of that node are watched)")
+    # Imported here: lightkube is loaded only by daemons that use it.
+    from reconciler.kubernetes_source import KubernetesReadiness
+
+    return KubernetesReadiness(settings.kubernetes, node_name)
+
+
+def wait_for_first_view(
+    source: ReadinessSource,
+    stopped: Callable[[], bool],
+    on_wait: Callable[[], object] | None = None,
+) -> bool:
+    """Block until a source with a first sync (``wait_synced``) has its first view.
+
+    True at once for sources without one (always, file). Otherwise waits at
+    most the source's ``sync_timeout`` seconds; False on timeout or when
+    ``stopped()`` turns true. ``on_wait`` is called about every 0.1 s (the
+    daemon keeps its liveness tick fresh with it).
+    """
+    wait_synced = getattr(source, "wait_synced", None)
+    if not callable(wait_synced):
+        return True
+    deadline = time.monotonic() + float(getattr(source, "sync_timeout", 0.0))
+    while not stopped():
+        remaining = deadline - time.monotonic()
+        if wait_synced(max(0.0, min(0.1, remaining))):
+            return True
+        if on_wait is not None:
+            on_wait()
+        if remaining <= 0:
+            return False
+    return False

@@ -5,6 +5,10 @@ No kube-apiserver can run on this machine, so the Kubernetes paths of flock
 against this server instead. It is faithful where flock depends on the API:
 
 - one global, increasing ``resourceVersion``; every change stamps the pod;
+- pods shaped as the API returns them: ``metadata`` (uid, resourceVersion,
+  creationTimestamp, annotations, ``deletionTimestamp`` once terminating),
+  ``spec`` (nodeName, containers), ``status`` (phase, the Ready condition)
+  — enough for a strict decoder such as lightkube's;
 - ``GET /api/v1/namespaces/{ns}/pods/{name}``;
 - ``GET /api/v1/pods`` (and namespaced) with ``fieldSelector=spec.nodeName=X``,
   returning a PodList with the list's resourceVersion;
@@ -12,19 +16,29 @@ against this server instead. It is faithful where flock depends on the API:
   newline-delimited JSON over a chunked response; a version older than the
   compacted history gets the ``ERROR`` event with a 410 ``Expired`` Status,
   as the real server sends it; ``allowWatchBookmarks`` gets BOOKMARK events
-  when the test asks for them; ``timeoutSeconds`` ends the stream;
-- fault injection: drop every open watch mid-stream, delay responses, answer
-  everything with a given status (401, 503...).
+  when the test asks for them; ``timeoutSeconds`` ends the stream cleanly
+  (the terminating chunk), as the server's watch timeout does;
+- fault injection: drop every open watch mid-stream, expire every open watch
+  (an ``ERROR`` 410 event, then the end of the stream — what the server
+  sends when etcd compacted the history beneath an open watch), delay
+  responses, answer everything with a given status (401, 503...), stop and
+  start again on the same port (an apiserver restart: connection refused
+  meanwhile).
 
 What it does not do: authentication beyond checking a bearer token if one is
-set, TLS, label selectors, other resources, server-side apply, pagination
-(``limit``/``continue``), protobuf, and the apiserver's watch cache quirks.
+set, authorization (RBAC), TLS, label selectors, field selectors other than
+``spec.nodeName``, other resources, writes through the API, server-side
+apply, pagination (``limit``/``continue`` are ignored: one page), protobuf,
+HTTP/2, ``resourceVersionMatch``/``sendInitialEvents``, bookmarks on its own
+schedule (only when the test asks), and the apiserver's watch cache quirks
+(e.g. a list served from the cache at an older version).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import select
 import socket
 import threading
 import time
@@ -44,6 +58,9 @@ class FakeApiServer:
         self._compacted = 0  # watches from a version below this get 410
         self._generation = 0  # bumped to drop every open watch
         self._bookmarks = 0  # bumped to send a bookmark on every open watch
+        self._expiries = 0  # bumped to send a 410 ERROR on every open watch
+        self._open_watches = 0
+        self._connections: set[socket.socket] = set()
         self.delay = 0.0
         self.forced_status: int | None = None
         self.requests: list[str] = []
@@ -72,9 +89,12 @@ class FakeApiServer:
                     "name": name,
                     "namespace": namespace,
                     "uid": uid or (existing["metadata"]["uid"] if existing else str(uuid.uuid4())),
+                    "creationTimestamp": (
+                        existing["metadata"]["creationTimestamp"] if existing else _timestamp()
+                    ),
                     "annotations": dict(annotations or {}),
                 },
-                "spec": {"nodeName": node},
+                "spec": {"nodeName": node, "containers": [{"name": "main", "image": "registry.invalid/app:1"}]},
                 "status": {"phase": "Running", "conditions": [_ready_condition(ready)]},
             }
             if pod_ip:
@@ -91,7 +111,7 @@ class FakeApiServer:
     def mark_terminating(self, namespace: str, name: str) -> None:
         with self._lock:
             pod = copy.deepcopy(self._pods[(namespace, name)])
-            pod["metadata"]["deletionTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            pod["metadata"]["deletionTimestamp"] = _timestamp()
             self._record("MODIFIED", pod)
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -116,20 +136,54 @@ class FakeApiServer:
             self._bookmarks += 1
             self._lock.notify_all()
 
+    def expire_watches(self) -> None:
+        """Compact, then end every open watch with an ``ERROR`` 410 Expired event.
+
+        This is what the apiserver sends on an open watch when etcd compacted
+        the revision the watch was at; the client must re-list.
+        """
+        with self._lock:
+            self._compacted = self._version + 1
+            self._events.clear()
+            self._expiries += 1
+            self._lock.notify_all()
+
     @property
     def resource_version(self) -> int:
         with self._lock:
             return self._version
 
+    @property
+    def open_watches(self) -> int:
+        """Watch streams currently open (headers sent, not yet ended)."""
+        with self._lock:
+            return self._open_watches
+
+    def watch_requests(self) -> list[dict[str, str]]:
+        """The query of every watch request so far, oldest first."""
+        return [query for path, query in _parsed(self.requests) if query.get("watch") in ("true", "1")]
+
+    def list_requests(self) -> list[dict[str, str]]:
+        """The query of every list request (collection GET without watch) so far, oldest first."""
+        return [
+            query
+            for path, query in _parsed(self.requests)
+            if path.endswith("/pods") and query.get("watch") not in ("true", "1")
+        ]
+
     # --- serving ---------------------------------------------------------
 
-    def start(self, listen_socket: socket.socket | None = None) -> str:
-        """Serve on ``listen_socket`` (e.g. made inside a lab netns) or on 127.0.0.1; returns the URL."""
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self), bind_and_activate=listen_socket is None)
+    def start(self, listen_socket: socket.socket | None = None, port: int = 0) -> str:
+        """Serve on ``listen_socket`` (e.g. made inside a lab netns) or on 127.0.0.1; returns the URL.
+
+        ``port``: the port to bind (0: any free one); after :meth:`stop`,
+        ``start(..., port=old)`` is an apiserver coming back at the same address.
+        """
+        server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self), bind_and_activate=listen_socket is None)
         if listen_socket is not None:
             server.socket.close()
             server.socket = listen_socket
-            listen_socket.bind(("127.0.0.1", 0))
+            listen_socket.bind(("127.0.0.1", port))
             listen_socket.listen(64)
             server.server_address = listen_socket.getsockname()
         server.daemon_threads = True
@@ -140,10 +194,22 @@ class FakeApiServer:
         return f"http://{host}:{port}"
 
     def stop(self) -> None:
+        """Go away as a killed apiserver does: refuse new connections, reset the open ones.
+
+        Kept-alive client connections are closed too, so a client's pooled
+        connection cannot reach a server that is "down".
+        """
         if self._server is not None:
             self.drop_watches()
             self._server.shutdown()
             self._server.server_close()
+            with self._lock:
+                connections = list(self._connections)
+            for connection in connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             self._thread.join(timeout=5)
             self._server = None
 
@@ -167,7 +233,19 @@ class FakeApiServer:
 
 
 def _ready_condition(ready: bool) -> dict[str, str]:
-    return {"type": "Ready", "status": "True" if ready else "False"}
+    return {"type": "Ready", "status": "True" if ready else "False", "lastTransitionTime": _timestamp()}
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _parsed(paths: list[str]) -> list[tuple[str, dict[str, str]]]:
+    parsed = []
+    for path in list(paths):
+        url = urlsplit(path)
+        parsed.append((url.path, {key: values[-1] for key, values in parse_qs(url.query).items()}))
+    return parsed
 
 
 def _matches(pod: dict[str, Any], namespace: str | None, node: str | None) -> bool:
@@ -186,6 +264,19 @@ def _handler_for(api: FakeApiServer):
 
         def log_message(self, *args) -> None:  # keep test output clean
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with api._lock:
+                api._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with api._lock:
+                api._connections.discard(self.connection)
+            try:
+                super().finish()
+            except OSError:
+                pass
 
         def do_GET(self) -> None:
             api.requests.append(self.path)
@@ -249,6 +340,8 @@ def _handler_for(api: FakeApiServer):
             with api._lock:
                 generation = api._generation
                 seen_bookmarks = api._bookmarks
+                seen_expiries = api._expiries
+                api._open_watches += 1
                 if requested in ("", "0"):
                     # "Start at most recent": synthetic ADDED for what exists now.
                     position = api._version
@@ -270,20 +363,34 @@ def _handler_for(api: FakeApiServer):
                     with api._lock:
                         events = [(version, kind, pod) for version, kind, pod in api._events if version > position]
                         dropped = api._generation != generation
+                        expired = api._expiries != seen_expiries
                         bookmark_due = bookmarks and api._bookmarks != seen_bookmarks
                         seen_bookmarks = api._bookmarks
                         current = api._version
-                        if not events and not dropped and not bookmark_due:
+                        if expired:
+                            message = f"too old resource version: {position} ({api._compacted - 1})"
+                        if not events and not dropped and not bookmark_due and not expired:
                             remaining = deadline - time.monotonic()
                             if remaining <= 0:
                                 return self._end()
-                            api._lock.wait(timeout=min(remaining, 0.5))
-                            continue
+                            api._lock.wait(timeout=min(remaining, 0.2))
+                            idle = True
+                        else:
+                            idle = False
+                    if idle:
+                        if self._client_gone():
+                            self.close_connection = True
+                            return
+                        continue
                     if dropped:
                         # Mid-stream drop: no terminating chunk, just a closed socket.
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)
                         return
+                    if expired:
+                        # The history beneath the watch is gone: what it missed cannot be sent.
+                        self._chunk({"type": "ERROR", "object": _status(410, "Expired", message)})
+                        return self._end()
                     for version, kind, pod in events:
                         position = version
                         if _matches(pod, namespace, node):
@@ -293,6 +400,18 @@ def _handler_for(api: FakeApiServer):
                         self._chunk({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": str(position)}}})
             except (BrokenPipeError, ConnectionResetError, OSError):
                 self.close_connection = True
+            finally:
+                with api._lock:
+                    api._open_watches -= 1
+
+        def _client_gone(self) -> bool:
+            # The apiserver ends a watch whose client went away; a client
+            # sends nothing on a watch connection, so readable means EOF/reset.
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
 
         def _end(self) -> None:
             self.wfile.write(b"0\r\n\r\n")

@@ -98,14 +98,15 @@ def test_bad_http_listen_is_a_config_error(tmp_path, capsys):
     assert "http.listen" in capsys.readouterr().err
 
 
-def test_readiness_source_not_built_yet_exits_2(tmp_path, capsys):
+def test_unusable_kubeconfig_exits_2(tmp_path, capsys):
     fakes = Fakes()
     fakes.runtime.make_readiness = Runtime().make_readiness
+    readiness = {"source": "kubernetes", "kubernetes": {"kubeconfig": str(tmp_path / "nonexistent")}}
 
-    code = run(["--config", write_config(tmp_path, readiness={"source": "kubernetes"})], fakes.runtime)
+    code = run(["--config", write_config(tmp_path, readiness=readiness)], fakes.runtime)
 
     assert code == 2
-    assert "kubernetes" in capsys.readouterr().err
+    assert "nonexistent" in capsys.readouterr().err
 
 
 def test_missing_config_file_and_missing_argument_exit_2(tmp_path, capsys):

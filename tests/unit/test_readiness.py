@@ -201,5 +201,8 @@ def test_make_readiness_source_by_setting(tmp_path):
     assert make_readiness_source(ReadinessSettings(source="always")).name == "always"
     file_source = make_readiness_source(ReadinessSettings(source="file", file=str(tmp_path / "r.json")))
     assert file_source.name == "file"
-    with pytest.raises(ValueError, match="kubernetes"):
+    with pytest.raises(ValueError, match="needs nodeName"):
         make_readiness_source(ReadinessSettings(source="kubernetes"))
+    unusable = ReadinessSettings(source="kubernetes", kubernetes={"kubeconfig": str(tmp_path / "nonexistent")})
+    with pytest.raises(ValueError, match="nonexistent"):
+        make_readiness_source(unusable, node_name="node-a")
