@@ -14,13 +14,14 @@ from netconf.errors import InvalidEnvironment
 
 VERBS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 
-# Which variables each verb needs (CNI_PATH is the runtime's business: a
-# chained plugin that delegates nothing does not read it).
+# Which variables each verb needs (SPEC.md 1.1.0 "Parameters"). CNI_PATH is
+# not enforced for ADD/DEL/CHECK: a chained plugin that delegates nothing
+# never reads it, and libcni always sends it anyway. GC lists it as required.
 REQUIRED_VARIABLES: dict[str, tuple[str, ...]] = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
     "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
     "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
-    "GC": (),
+    "GC": ("CNI_PATH",),
     "STATUS": (),
     "VERSION": (),
 }

@@ -72,6 +72,7 @@ def _cases(state_dir):
         ("no cniVersion (0.1.0)", env(), {k: v for k, v in good.items() if k != "cniVersion"}, 1, "0.1.0"),
         ("CHECK below 0.4.0", env("CHECK"), config(state_dir, version="0.3.1"), 1, "0.4.0"),
         ("GC below 1.1.0", env("GC"), config(state_dir, version="1.0.0"), 1, "1.1.0"),
+        ("GC without CNI_PATH", env("GC", CNI_PATH=None), config(state_dir, version="1.1.0", prev=None), 4, "CNI_PATH"),
         ("STATUS below 1.1.0", env("STATUS"), config(state_dir, version="0.4.0"), 1, "1.1.0"),
         ("unknown key in flock block", env(), config(state_dir, bogus=1), 2, "bogus"),
         ("no flock block", env(), {k: v for k, v in good.items() if k != "flock"}, 7, "flock"),
@@ -145,7 +146,7 @@ def test_version_needs_only_the_command(stdin):
 
 @pytest.mark.parametrize("command", ["DEL", "GC", "STATUS"])
 def test_verbs_that_do_not_need_netns(tmp_path, command):
-    environ = {"CNI_COMMAND": command, "CNI_CONTAINERID": "abc", "CNI_IFNAME": "eth0", "CNI_NETNS": ""}
+    environ = {"CNI_COMMAND": command, "CNI_CONTAINERID": "abc", "CNI_IFNAME": "eth0", "CNI_NETNS": "", "CNI_PATH": "/opt/cni/bin"}
     document = config(str(tmp_path / "state"), version="1.1.0", prev=None)
     document["cni.dev/valid-attachments"] = []
     code, stdout = invoke(environ, document)
