@@ -28,6 +28,7 @@ import pytest
 
 from tests.conformance.spec import SPEC_VERSIONS
 from tests.lab.netns import TEST_PREFIX, list_lab_namespaces
+from tests.lab.plugin import FROZEN_BINARY
 
 pytestmark = [
     pytest.mark.root,
@@ -39,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "expected"
 REFERENCE_DIR = Path("/usr/lib/cni")
 FLOCK_PLUGIN = REPO_ROOT / ".venv" / "bin" / "flock-anycast"
+FLOCK_FROZEN = Path(FROZEN_BINARY)
 RUN_TIMEOUT = 420.0
 CONCURRENT_RUNS = 3
 HOOKS = "tests.conformance.hooks"
@@ -118,6 +120,8 @@ RUNS: dict[str, HarnessRun] = {
     "flock-anycast-older-versions": HarnessRun(
         FLOCK_PLUGIN, ("--versions", "0.3.0,0.3.1,0.4.0,1.0.0", "--checks", VERSION_SENSITIVE_CHECKS, *FLOCK_OPTIONS)
     ),
+    # The frozen binary starts fast enough for every check at every version.
+    "flock-anycast-frozen": HarnessRun(FLOCK_FROZEN, ("--versions", ALL_VERSIONS, *FLOCK_OPTIONS)),
     # The sample plugin is a main plugin with empty ips: 0.3.0, 0.4.0 and 1.1.0 take
     # every version-dependent path of the harness (no CHECK; CHECK and prevResult on DEL; GC, STATUS).
     "sample": HarnessRun(HERE / "sample" / "state_file_plugin.py", ("--versions", SAMPLE_VERSIONS, *SAMPLE_OPTIONS)),
@@ -363,8 +367,12 @@ def test_second_del_failing_is_caught_by_the_del_checks(harness_runs: HarnessRun
     assert finished.returncode != 0
 
 
-@pytest.mark.parametrize("run_name", ["flock-anycast", "flock-anycast-older-versions"])
+@pytest.mark.parametrize("run_name", ["flock-anycast", "flock-anycast-older-versions", "flock-anycast-frozen"])
 def test_flock_anycast_passes_every_check(harness_runs: HarnessRuns, run_name: str) -> None:
+    if run_name.endswith("frozen") and not os.access(FLOCK_FROZEN, os.X_OK):
+        if os.environ.get("FLOCK_REQUIRE_FROZEN") == "1":
+            pytest.fail(f"frozen binary {FLOCK_FROZEN} missing")
+        pytest.skip(f"frozen binary not built at {FLOCK_FROZEN} (run make build)")
     finished = harness_runs[run_name]
     assert_clean(finished)
     assert_complete(finished, tuple(finished.report["versions"]))
