@@ -1,9 +1,14 @@
 """Addresses on ``lo`` inside a pod's network namespace, through pyroute2.
 
-The only module of the plugin that talks netlink. Netlink errors are
-translated here, once, into the CNI error tree. ``PodLoopback`` is the
-interface the verbs use; tests of pure logic pass an in-memory fake, and
-the real adapter is exercised in throwaway namespaces.
+The only module of the plugin that talks netlink (over ``cni_plugin.rtnl``).
+Netlink errors are translated here, once, into the CNI error tree.
+``PodLoopback`` is the interface the verbs use; tests of pure logic pass an
+in-memory fake, and the real adapter is exercised in throwaway namespaces.
+
+pyroute2 is imported inside the methods, not at the top: the dispatcher
+imports this module for every verb but VERSION, and a DEL of an unknown
+attachment, STATUS, an ADD without anycast addresses or a refused ADD never
+reach the kernel (start-up budget, docs/frozen-binary.md).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from netconf.errors import NetlinkFailure, PodNetnsUnusable
 from netconf.state import IPAddress
 
 IFA_F_NODAD = 0x02
+IFF_UP = 0x01
 _LOOPBACK = "lo"
 
 
@@ -36,24 +42,38 @@ def host_prefixlen(address: IPAddress) -> int:
 
 
 class NetlinkPodLoopback:
-    """The real adapter: one netlink socket opened inside the pod netns per call."""
+    """The real adapter: one netlink socket opened inside the pod netns per call.
+
+    The requests are the ones ``pyroute2.IPRoute`` sends for ``link_lookup``,
+    ``link('set', state='up')`` and ``addr('replace'|'del'|dump)``.
+    ``open_socket(netns_path)`` defaults to ``cni_plugin.rtnl.RtnlSocket``;
+    tests pass a recorder to check the requests without a kernel.
+    """
+
+    def __init__(self, open_socket=None) -> None:
+        self._open_socket = open_socket
 
     def ensure_addresses(self, netns: str, addresses: Iterable[IPAddress]) -> None:
-        with _open_netns(netns) as ipr:
-            index = _loopback_index(ipr, netns)
-            link = ipr.get_links(index)[0]
-            if not link["flags"] & 1:  # IFF_UP
-                _netlink(lambda: ipr.link("set", index=index, state="up"), f"bring up lo in {netns}")
+        from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+        from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        with _open_netns(netns, self._open_socket) as rtnl:
+            index, flags = _loopback_link(rtnl, netns)
+            if not flags & IFF_UP:
+                up = ifinfmsg()
+                up["index"] = index
+                up["flags"] = up["change"] = IFF_UP
+                _netlink(lambda: rtnl.request(up, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK), f"bring up lo in {netns}")
             for address in addresses:
                 # IFA_F_NODAD: an anycast /128 is shared by design, so duplicate
                 # address detection would only keep it tentative.
+                flags = IFA_F_NODAD if address.version == 6 else 0
+                message = _address_message(ifaddrmsg(), index, address, flags)
                 _netlink(
-                    lambda address=address: ipr.addr(
-                        "replace",
-                        index=index,
-                        address=str(address),
-                        prefixlen=host_prefixlen(address),
-                        flags=IFA_F_NODAD if address.version == 6 else 0,
+                    lambda message=message: rtnl.request(
+                        message, RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
                     ),
                     f"add {address}/{host_prefixlen(address)} to lo in {netns}",
                 )
@@ -61,13 +81,16 @@ class NetlinkPodLoopback:
     def delete_addresses(self, netns: str, addresses: Iterable[IPAddress]) -> None:
         if not netns_exists(netns):
             return
-        with _open_netns(netns) as ipr:
-            index = _loopback_index(ipr, netns)
+        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+        from pyroute2.netlink.rtnl import RTM_DELADDR
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+        with _open_netns(netns, self._open_socket) as rtnl:
+            index, _ = _loopback_link(rtnl, netns)
             for address in addresses:
+                message = _address_message(ifaddrmsg(), index, address)
                 _netlink(
-                    lambda address=address: ipr.addr(
-                        "del", index=index, address=str(address), prefixlen=host_prefixlen(address)
-                    ),
+                    lambda message=message: rtnl.request(message, RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK),
                     f"remove {address} from lo in {netns}",
                     tolerate=(errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH),
                 )
@@ -75,43 +98,84 @@ class NetlinkPodLoopback:
     def list_addresses(self, netns: str) -> set[tuple[IPAddress, int]]:
         import ipaddress
 
-        with _open_netns(netns) as ipr:
-            index = _loopback_index(ipr, netns)
-            found = set()
-            for message in ipr.get_addr(index=index):
-                found.add((ipaddress.ip_address(message.get("IFA_ADDRESS")), message["prefixlen"]))
-            return found
+        from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
+        from pyroute2.netlink.rtnl import RTM_GETADDR
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+        with _open_netns(netns, self._open_socket) as rtnl:
+            index, _ = _loopback_link(rtnl, netns)
+            # The kernel ignores ifa_index in a dump request (no strict
+            # checking): dump everything and keep what is on lo.
+            dump = _netlink(lambda: rtnl.request(ifaddrmsg(), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP), f"list addresses in {netns}")
+            return {
+                (ipaddress.ip_address(message.get_attr("IFA_ADDRESS")), message["prefixlen"])
+                for message in dump
+                if message["index"] == index
+            }
 
 
 def netns_exists(netns: str) -> bool:
     return bool(netns) and os.path.exists(netns)
 
 
-def _open_netns(netns: str):
-    from pyroute2.iproute.linux import IPRoute
+def _open_netns(netns: str, open_socket=None):
+    if open_socket is None:
+        # Imported on first use: only ADD, DEL, CHECK and GC talk netlink.
+        from cni_plugin.rtnl import RtnlSocket as open_socket
 
     if not netns_exists(netns):
         raise PodNetnsUnusable(f"pod network namespace {netns!r} does not exist")
     try:
-        # flags=0: never create a namespace at a path that is gone.
-        return IPRoute(netns=netns, flags=0)
+        # Opening the path never creates a namespace where one is gone.
+        return open_socket(netns)
     except OSError as exc:
         raise PodNetnsUnusable(f"cannot enter pod network namespace {netns!r}", repr(exc)) from exc
 
 
-def _loopback_index(ipr, netns: str) -> int:
-    indexes = ipr.link_lookup(ifname=_LOOPBACK)
-    if not indexes:
-        raise PodNetnsUnusable(f"no loopback interface in {netns!r}")
-    return indexes[0]
+def _loopback_link(rtnl, netns: str) -> tuple[int, int]:
+    """Index and IFF_* flags of ``lo``; raises PodNetnsUnusable if there is none."""
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl import RTM_GETLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    query = ifinfmsg()
+    query["attrs"] = [("IFLA_IFNAME", _LOOPBACK)]
+
+    def lookup():
+        try:
+            return rtnl.request(query, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                raise PodNetnsUnusable(f"no loopback interface in {netns!r}") from exc
+            raise
+
+    [link] = _netlink(lookup, f"look up lo in {netns}")
+    return link["index"], link["flags"]
 
 
-def _netlink(operation, what: str, tolerate: tuple[int, ...] = ()) -> None:
+def _address_message(message, index: int, address: IPAddress, flags: int | None = None):
+    """An ifaddrmsg for ``address`` as a host prefix on interface ``index``, as IPRoute builds it."""
+    import socket
+
+    message["family"] = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    message["prefixlen"] = host_prefixlen(address)
+    message["index"] = index
+    message["attrs"] = [("IFA_ADDRESS", str(address))]
+    if flags is not None:
+        message["attrs"].append(("IFA_FLAGS", flags))
+    if address.version == 4:
+        # IPv4 needs the local address too (IFA_ADDRESS is the peer on p2p links).
+        message["attrs"].append(("IFA_LOCAL", str(address)))
+    return message
+
+
+def _netlink(operation, what: str, tolerate: tuple[int, ...] = ()):
     from pyroute2.netlink.exceptions import NetlinkError
 
     try:
-        operation()
+        return operation()
     except NetlinkError as exc:
         if exc.code in tolerate:
-            return
+            return None
         raise NetlinkFailure(f"cannot {what}: {os.strerror(exc.code)}", repr(exc)) from exc
