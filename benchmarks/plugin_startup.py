@@ -11,7 +11,9 @@ other allocations written through ``netconf.state``):
 * the frozen binary (``build/dist/flock-anycast``): ADD, CHECK, DEL and
   VERSION with one anycast IPv6 and one IPv4 address and a synthetic
   ``prevResult``;
-* the source entry point (the venv's console script): the same verbs.
+* the source entry point (the venv's console script): the same verbs;
+* optionally ``--baseline PATH``, another build (e.g. an earlier frozen
+  binary) with the same verbs, for a before/after in one run.
 
 Every case runs ``--runs`` times (default 30), round-robin, so a burst of
 load on the shared machine hits all of them alike. Each exec goes through
@@ -35,7 +37,8 @@ reading and rewriting the whole document, so on a small node the default
 Targets (issue 4): frozen ADD and DEL median <= 20 ms; first step <= 60 ms.
 
 Run as root from the repository: ``.venv/bin/python benchmarks/plugin_startup.py
-[--runs 30] [--json]``. The plugin processes run inside the lab's host
+[--runs 30] [--baseline PATH] [--lock-timeout S] [--concurrent-build frozen|source|none]
+[--json]``. Exit status 1 only for wrong results, never for slow ones. The plugin processes run inside the lab's host
 netns (this process enters it for the measurement, so no ``nsenter`` sits
 between spawn and plugin); nothing touches the root namespace. Namespaces
 and the temp state directory are removed on exit, also on failure.
@@ -270,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=30, help="execs per case (default 30)")
     parser.add_argument("--frozen", default=FROZEN_BINARY, help="frozen binary (default build/dist/flock-anycast)")
     parser.add_argument("--source", default=SOURCE_BINARY, help="source entry point (default the venv's console script)")
+    parser.add_argument(
+        "--baseline", default=None,
+        help="another build to measure in the same run (rows 'baseline ...'), e.g. an earlier frozen binary",
+    )
     parser.add_argument("--concurrent-build", choices=("frozen", "source", "none"), default="frozen")
     parser.add_argument(
         "--lock-timeout", type=float, default=None,
@@ -280,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     builds = {"frozen": args.frozen, "source": args.source}
+    if args.baseline:
+        builds["baseline"] = args.baseline
     for label, binary in builds.items():
         if not os.access(binary, os.X_OK):
             raise SystemExit(f"{label} binary {binary} not found (make build / make venv)")
