@@ -36,7 +36,9 @@ class FlockBlock(BaseModel):
     kubeconfig: str | None = None
     annotation: str = DEFAULT_ANNOTATION
     api_timeout: float = Field(2.0, alias="apiTimeout", gt=0, le=30)
-    lock_timeout: float = Field(5.0, alias="lockTimeout", gt=0, le=120)
+    # Generous: a burst of pod starts queues on the lock; failing fast (code 11)
+    # only makes the runtime retry the whole ADD later.
+    lock_timeout: float = Field(30.0, alias="lockTimeout", gt=0, le=120)
     log_file: str | None = Field(None, alias="logFile")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "warning", alias="logLevel"
