@@ -94,7 +94,7 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
             assert pending is not None, "pending allocation vanished under the lock"
             transaction.put(pending.model_copy(update={"state": "committed", "updated_at": utc_now()}))
     except BaseException:
-        _undo_add(context, request.addresses)
+        _undo_add(context, request.addresses, earlier)
         raise
     log.info(
         "ADD %s/%s: %s from %s",
@@ -119,12 +119,27 @@ def resolve_anycast(config: NetworkConfig, env: CniEnvironment) -> AnycastReques
     return annotated_anycast(config, env)
 
 
-def _undo_add(context: VerbContext, addresses) -> None:
-    """Best-effort rollback; a failure here is logged, the original error wins."""
+def _undo_add(context: VerbContext, addresses, earlier: Allocation | None) -> None:
+    """Put ``lo`` and the state file back as they were before this ADD.
+
+    Best effort; a failure here is logged and the original error wins. When
+    addresses may still be on ``lo``, the pending record stays so DEL or GC
+    can remove them.
+    """
+    kept = set(earlier.anycast) if earlier is not None else set()
     try:
-        context.loopback.delete_addresses(context.env.netns, addresses)
+        context.loopback.delete_addresses(context.env.netns, [a for a in addresses if a not in kept])
+    except PodNetnsUnusable:
+        pass  # the namespace could not be entered, so nothing was added to it
+    except Exception:
+        log.exception("rollback of ADD %s failed; DEL or GC will clean up", context.key)
+        return
+    try:
         with context.store.transaction() as transaction:
-            transaction.remove(context.key)
+            if earlier is None:
+                transaction.remove(context.key)
+            else:
+                transaction.put(earlier)
     except Exception:
         log.exception("rollback of ADD %s failed; DEL or GC will clean up", context.key)
 

@@ -9,7 +9,7 @@ import pytest
 from cni_plugin import verbs
 from cni_plugin.environment import CniEnvironment, parse_cni_args
 from netconf.config import parse_network_config
-from netconf.errors import AnycastMissing, CleanupFailed, NetlinkFailure
+from netconf.errors import AnycastMissing, CleanupFailed, NetlinkFailure, PodNetnsUnusable
 from netconf.state import StateStore
 from tests.unit.fakes import FakePodLoopback
 from tests.unit.test_plugin_bad_input import PREV_DUAL, config
@@ -136,3 +136,31 @@ def test_gc_continues_past_failures_and_reports_them_together(tmp_path):
     assert "b/eth0" in raised.value.details
     remaining = StateStore(str(tmp_path / "state")).read().allocations
     assert [allocation.container_id for allocation in remaining] == ["b"]
+
+
+class UnenterableLoopback(FakePodLoopback):
+    """A netns path that exists but cannot be entered, for adds and deletes alike."""
+
+    def delete_addresses(self, netns, addresses):
+        raise PodNetnsUnusable(f"cannot enter pod network namespace {netns!r}")
+
+
+def test_unenterable_netns_leaves_the_state_file_as_it_was(tmp_path):
+    store = StateStore(str(tmp_path / "state"))
+    verbs.cmd_add(context(tmp_path, fake_loopback(), container="other"))
+    before = open(store.path, "rb").read()
+    with pytest.raises(PodNetnsUnusable):
+        verbs.cmd_add(context(tmp_path, UnenterableLoopback(netns_paths=())))
+    assert open(store.path, "rb").read() == before
+
+
+def test_failed_repeated_add_restores_the_earlier_allocation(tmp_path):
+    loopback = fake_loopback()
+    verbs.cmd_add(context(tmp_path, loopback, cni_args="FLOCK_ANYCAST=192.0.2.53"))
+    [earlier] = StateStore(str(tmp_path / "state")).read().allocations
+    failing = FakePodLoopback(netns_paths=(POD,), fail_on=V6)
+    failing.addresses = loopback.addresses
+    with pytest.raises(NetlinkFailure):
+        verbs.cmd_add(context(tmp_path, failing))
+    assert StateStore(str(tmp_path / "state")).read().allocations == [earlier]
+    assert loopback.addresses[POD] == {(V4, 32)}, "the earlier ADD's address stays on lo"
