@@ -6,7 +6,7 @@ DEB_PACKAGES := iproute2 procps containernetworking-plugins golang-go golang-git
                 bird2 frr iputils-ping
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv build test unit demo bench conformance clean
+.PHONY: all deps venv schemas build test unit demo bench conformance clean
 
 all: test
 
@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test,build]'
 	touch $@
+
+# Regenerate netconf/compiled_schemas.py after changing netconf/declarations.py.
+schemas: venv
+	$(PY) -m netconf.compile_schemas
 
 build: venv
 	$(PY) build/build_plugin.py

@@ -1,8 +1,9 @@
 """Start-up cost of ``flock-anycast`` per CNI call, next to Debian's Go ``loopback`` plugin.
 
 Side by side in one run, on one throwaway setup (a host netns the plugins
-run in, a pod netns they configure, a state file pre-filled with 1,000
-other allocations written through ``netconf.state``):
+run in, a pod netns they configure, a state directory pre-filled with
+1,000 other allocations, one record file each, written through
+``netconf.state``):
 
 * Go ``loopback`` ADD and DEL (``/usr/lib/cni/loopback``): the floor a
   compiled plugin sets;
@@ -29,10 +30,13 @@ netns, each pod with its own anycast pair from the pools, so no two share
 an address on one ``lo``. Reported: total wall time from the common start
 to the last exit, failures (must be 0), and every allocation committed and
 on ``lo``; then the 100 DELs, also at once, must leave the 1,000 others.
-All 200 transactions of the ADDs serialise on the state lock, each one
-reading and rewriting the whole document, so on a small node the default
-``lockTimeout`` (30 s) can run out (code 11, which the kubelet retries);
-``--lock-timeout`` sets it for this phase (the stress test uses 60).
+All 200 transactions of the ADDs still serialise on the state lock, but
+each exec reads and writes only its own attachment's record file, so a
+critical section is O(1) whatever the number of pods on the node (the
+1,000 others are never read); on a small node the default ``lockTimeout``
+(30 s) can still run out under this burst (code 11, which the kubelet
+retries); ``--lock-timeout`` sets it for this phase (the stress test uses
+60).
 
 Targets (issue 4): frozen ADD and DEL median <= 20 ms; first step <= 60 ms.
 

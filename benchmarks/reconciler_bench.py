@@ -9,8 +9,8 @@ Measures, with real BIRD 2 on the node and FRR as the peer (tests/lab):
    FRR's bgpd vty socket (~0.5 ms per query). drainDelay is 0 here, so the
    NotReady → route-removed figure is the pipeline alone.
 2. cold start with 10,000 anycast prefixes (5,000 IPv6 + 5,000 IPv4 over
-   four real ptp pods; the state file is written directly with the
-   ``netconf.state`` models): time until all routes are programmed and until
+   four real ptp pods; their four record files are written directly with
+   ``netconf.state``'s StateStore): time until all routes are programmed and until
    the peer has received all prefixes; the reconciler's peak RSS (VmHWM).
 3. an idle resync at 10k prefixes: CPU time and pass duration per resync,
    and proof that it wrote nothing (no netlink route events, no BIRD reload).
@@ -157,7 +157,7 @@ def bench_flips(flips: int) -> list[Row]:
 
 
 def write_cold_state(lab: Lab) -> dict[str, int]:
-    """Four ptp pods; 10k anycast addresses spread over them, written straight to the state file."""
+    """Four ptp pods; 10k anycast addresses spread over them, written straight to their state records."""
     pods = [lab.add_pod(f"cold{i}", chain=("ptp",)) for i in range(COLD_PODS)]
     v6_base = ipaddress.IPv6Address("2001:db8:b::")
     v4_base = ipaddress.IPv4Address("198.18.0.0")
@@ -238,7 +238,7 @@ def bench_cold_start(resync_interval: float, idle_window: float) -> tuple[list[l
             overflows = monitor.overflows
         programmed = count_our_routes(lab)
         cold = [
-            ["prefixes in the state file", f"{total} ({COLD_V6} v6 + {COLD_V4} v4, {setup['pods']} pods)"],
+            ["prefixes in the state", f"{total} ({COLD_V6} v6 + {COLD_V4} v4, {setup['pods']} pods)"],
             ["start → /healthz 200", f"{(healthy - started) * 1000:.0f} ms"],
             ["start → all kernel routes programmed", f"{(kernel_done - started) * 1000:.0f} ms ({programmed} routes)"],
             ["start → all prefixes at the peer (FRR pfxRcd)", f"{(peer_done - started) * 1000:.0f} ms"],

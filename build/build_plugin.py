@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--importtime", action="store_true", help="diagnostic build with -X importtime")
     parser.add_argument("--clean", action="store_true", help="drop PyInstaller's cache first")
     args = parser.parse_args(argv)
+    # The plugin validates with the compiled schemas: never freeze stale ones.
+    subprocess.run([sys.executable, "-m", "netconf.compile_schemas", "--check"], cwd=REPO, check=True)
     link = build(importtime=args.importtime, clean=args.clean)
     smoke_test(link)
     print(f"built {link} -> {os.readlink(link)}")

@@ -7,20 +7,27 @@ The Kubernetes annotation source needs the network and lives elsewhere.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from netconf.config import NetworkConfig
 from netconf.errors import AnycastOutsidePools, InvalidAnycastAddress, NoPodAddressOfFamily
-from netconf.state import IPAddress
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no typing/collections.abc imports at run time (start-up budget)
+    from collections.abc import Iterable, Sequence
+
+    from netconf.config import NetworkConfig
+    from netconf.state import IPAddress
 
 ANYCAST_ARG = "FLOCK_ANYCAST"
 
 
-@dataclass(frozen=True)
 class AnycastRequest:
-    source: str
-    addresses: tuple[IPAddress, ...]
+    """The addresses an attachment asks for, and which source named them."""
+
+    __slots__ = ("source", "addresses")
+
+    def __init__(self, source: str, addresses: tuple[IPAddress, ...]) -> None:
+        self.source = source
+        self.addresses = addresses
 
 
 def requested_anycast(config: NetworkConfig, cni_args: dict[str, str]) -> AnycastRequest | None:

@@ -1,9 +1,10 @@
 """A blocking rtnetlink socket opened inside a pod's network namespace.
 
-pyroute2 does the netlink: its message classes (``ifaddrmsg``, ``ifinfmsg``)
-encode every request and its ``Marshal`` decodes every reply, turning an
-``NLMSG_ERROR`` into pyroute2's ``NetlinkError``. This module only opens the
-socket in the right namespace and pairs one request with its replies.
+pyroute2 does the netlink: its message classes (``ifaddrmsg``, and
+``LinkHeader`` below, built on pyroute2's ``nlmsg``) encode every request
+and its ``Marshal`` decodes every reply, turning an ``NLMSG_ERROR`` into
+pyroute2's ``NetlinkError``. This module only opens the socket in the right
+namespace and pairs one request with its replies.
 
 Why not ``pyroute2.IPRoute(netns=...)`` (what the plugin used first):
 
@@ -28,10 +29,37 @@ from __future__ import annotations
 import os
 import socket
 
+from pyroute2.netlink import nlmsg
+
 # <linux/sched.h>
 CLONE_NEWNET = 0x40000000
 # Larger than any rtnetlink datagram the kernel sends for these requests.
 _RECV_BUFFER = 1 << 16
+
+
+class LinkHeader(nlmsg):
+    """pyroute2's ``ifinfmsg`` reduced to what the plugin uses: the header and IFLA_IFNAME.
+
+    ``pyroute2.netlink.rtnl.ifinfmsg`` carries the attribute tables of
+    every link kind; importing it loads pyroute2.config, which imports
+    multiprocessing, platform, logging and a dozen link-kind plugins:
+    ~25 ms of each ADD, DEL and CHECK for reading and setting one flag of
+    ``lo``. Same fields and attribute number as ``ifinfmsg`` (struct
+    ifinfomsg; IFLA_IFNAME = 3), so pyroute2 encodes the same bytes and
+    decodes the same values for these messages; other attributes of a reply
+    are left undecoded. tests/unit/test_startup_netlink.py compares both.
+    """
+
+    prefix = "IFLA_"
+    fields = (
+        ("family", "B"),
+        ("__align", "x"),
+        ("ifi_type", "H"),
+        ("index", "i"),
+        ("flags", "I"),
+        ("change", "I"),
+    )
+    nla_map = ((0, "IFLA_UNSPEC", "none"), (3, "IFLA_IFNAME", "asciiz"))
 
 
 def socket_in_netns(netns_path: str, family: int, kind: int, proto: int) -> socket.socket:
@@ -88,7 +116,6 @@ class RtnlSocket:
         from pyroute2.netlink.marshal import Marshal
         from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
         self._socket = socket_in_netns(netns_path, socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
         try:
@@ -99,7 +126,7 @@ class RtnlSocket:
         self._marshal = Marshal()
         # The replies these requests get: links, addresses, and the ACK or
         # end-of-dump that ends each exchange.
-        self._marshal.msg_map = {RTM_NEWLINK: ifinfmsg, RTM_NEWADDR: ifaddrmsg}
+        self._marshal.msg_map = {RTM_NEWLINK: LinkHeader, RTM_NEWADDR: ifaddrmsg}
         self._last_message_types = (NLMSG_DONE, NLMSG_ERROR)
         self._sequence = 0
 

@@ -8,7 +8,7 @@ an import (STYLE rule 14).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 import types
 
@@ -29,10 +29,17 @@ def defer_package_init(name: str) -> None:
     """
     if name in sys.modules:
         return
-    spec = importlib.util.find_spec(name)
+    # What importlib.util.find_spec and module_from_spec do for a top-level
+    # name; importlib.util itself imports contextlib and more (~6 ms).
+    spec = None
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        spec = find_spec(name, None) if find_spec is not None else None
+        if spec is not None:
+            break
     if spec is None or spec.submodule_search_locations is None:
         return
-    module = importlib.util.module_from_spec(spec)
+    module = importlib._bootstrap.module_from_spec(spec)
     module.__class__ = _PackageWithDeferredInit
     sys.modules[name] = module
 

@@ -7,14 +7,9 @@ fakes; the real adapters are tested in namespaces.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from typing import Any
-
 from cni_plugin.anycast import AnycastRequest, check_families, check_pools, requested_anycast
-from cni_plugin.environment import CniEnvironment
-from cni_plugin.loopback import PodLoopback, host_prefixlen, netns_exists
-from netconf.config import NetworkConfig
+from cni_plugin.loopback import host_prefixlen, netns_exists
+from cni_plugin.plugin_log import get_logger
 from netconf.errors import (
     AnycastMissing,
     CleanupFailed,
@@ -24,16 +19,30 @@ from netconf.errors import (
     PodNetnsUnusable,
 )
 from netconf.results import parse_result, render_result
-from netconf.state import Allocation, AllocationKey, PodRef, StateStore, utc_now
+from netconf.state import Allocation, PodRef, utc_now
 
-log = logging.getLogger("flock.cni")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass(frozen=True)
+    from cni_plugin.environment import CniEnvironment
+    from cni_plugin.loopback import PodLoopback
+    from netconf.config import NetworkConfig
+    from netconf.state import AllocationKey, StateStore
+
+log = get_logger("flock.cni")
+
+
 class VerbContext:
-    env: CniEnvironment
-    config: NetworkConfig
-    store: StateStore
-    loopback: PodLoopback
+    """What a verb works with: validated inputs and its two side-effect adapters."""
+
+    __slots__ = ("env", "config", "store", "loopback")
+
+    def __init__(self, env: CniEnvironment, config: NetworkConfig, store: StateStore, loopback: PodLoopback) -> None:
+        self.env = env
+        self.config = config
+        self.store = store
+        self.loopback = loopback
 
     @property
     def key(self) -> AllocationKey:
@@ -55,7 +64,7 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
             "flock-anycast is a chained plugin: list it after the main plugin in a conflist",
         )
     previous = parse_result(config.prev_result)
-    output = render_result(previous, config.cni_version)
+    output = render_result(config.prev_result, config.cni_version)
     request = resolve_anycast(config, env)
     if request is None:
         log.info("no anycast addresses requested for %s; passing prevResult through", env.container_id)
@@ -92,7 +101,7 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
         with context.store.transaction() as transaction:
             pending = transaction.get(context.key)
             assert pending is not None, "pending allocation vanished under the lock"
-            transaction.put(pending.model_copy(update={"state": "committed", "updated_at": utc_now()}))
+            transaction.put(pending.replace(state="committed", updated_at=utc_now()))
     except BaseException:
         _undo_add(context, request.addresses, earlier)
         raise
@@ -151,8 +160,7 @@ def cmd_del(context: VerbContext) -> None:
     an empty CNI_NETNS the runtime says the namespace is gone, so only the
     record is dropped.
     """
-    allocation = context.store.read().allocations
-    record = next((item for item in allocation if item.key == context.key), None)
+    record = context.store.get(context.key)
     if record is None:
         return
     netns = context.env.netns
@@ -169,7 +177,7 @@ def cmd_check(context: VerbContext) -> None:
     if config.prev_result is not None:
         parse_result(config.prev_result)
     request = requested_anycast(config, dict(env.args))
-    record = next((item for item in context.store.read().allocations if item.key == context.key), None)
+    record = context.store.get(context.key)
     if request is None and config.flock.kubeconfig and record is not None:
         # The annotation may have changed since ADD; what ADD applied is the truth.
         request = AnycastRequest("the allocation made at ADD", record.anycast)

@@ -6,17 +6,22 @@ runtime builds (``cniVersion``, ``name``, ``runtimeConfig``, ``prevResult``,
 our own ``flock`` block is strict so that a typo in an operator's conflist is
 reported (code 2, naming key and value) instead of silently ignored.
 
+The fields are declared in ``netconf.declarations``; these are the records
+pydantic-core validates into (``netconf.records``).
+
 Pure: parsing and validation only, no I/O.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from netconf.errors import InvalidConfig, UnsupportedField
+from netconf.records import Record, validation_error_class
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -24,77 +29,47 @@ DEFAULT_STATE_DIR = "/var/lib/flock"
 DEFAULT_ANNOTATION = "flock.fritzlab.net/anycast"
 
 
-class FlockBlock(BaseModel):
+def parse_pool(value: Any) -> IPNetwork:
+    """A pool CIDR; raises ValueError.
+
+    ``strict=True`` refuses ``10.0.0.1/24``: a pool with host bits set is
+    almost always a typo for a different prefix.
+    """
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"a pool is a CIDR string, not {type(value).__name__}")
+    return ipaddress.ip_network(value, strict=True)
+
+
+def format_network(network: IPNetwork) -> str:
+    return str(network)
+
+
+def absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("stateDir must be an absolute path")
+    return value
+
+
+class FlockBlock(Record):
     """Our own settings, under the ``flock`` key of the plugin's entry."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
-    pools: list[IPNetwork] = Field(
-        description="CIDRs every anycast address must fall in; empty allows none."
-    )
-    state_dir: str = Field(DEFAULT_STATE_DIR, alias="stateDir")
-    kubeconfig: str | None = None
-    annotation: str = DEFAULT_ANNOTATION
-    api_timeout: float = Field(2.0, alias="apiTimeout", gt=0, le=30)
-    # Generous: a burst of pod starts queues on the lock; failing fast (code 11)
-    # only makes the runtime retry the whole ADD later.
-    lock_timeout: float = Field(30.0, alias="lockTimeout", gt=0, le=120)
-    log_file: str | None = Field(None, alias="logFile")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "warning", alias="logLevel"
-    )
-
-    @field_validator("pools", mode="before")
-    @classmethod
-    def _strict_cidrs(cls, value: Any) -> Any:
-        # ip_network(strict=True) rejects "10.0.0.1/24": a pool with host
-        # bits set is almost always a typo for a different prefix.
-        if isinstance(value, list):
-            return [ipaddress.ip_network(item, strict=True) if isinstance(item, str) else item for item in value]
-        return value
-
-    @field_validator("state_dir")
-    @classmethod
-    def _absolute_state_dir(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("stateDir must be an absolute path")
-        return value
+class CniArgs(Record):
+    """``args.cni`` of the network config; other keys in ``extra``."""
 
 
-class CniArgs(BaseModel):
-    """``args.cni`` of the network config (CONVENTIONS "args in network config")."""
-
-    model_config = ConfigDict(extra="allow")
-
-    anycast: list[str] | str | None = None
+class ConfigArgs(Record):
+    pass
 
 
-class ConfigArgs(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    cni: CniArgs | None = None
+class RuntimeConfig(Record):
+    pass
 
 
-class RuntimeConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    anycast: list[str] | None = None
-
-
-class NetworkConfig(BaseModel):
+class NetworkConfig(Record):
     """The runtime's envelope around our plugin entry; unknown keys are kept."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    cni_version: str = Field(alias="cniVersion")
-    name: str = Field(min_length=1)
-    type: str = Field(min_length=1)
-    flock: FlockBlock
-    runtime_config: RuntimeConfig = Field(default_factory=RuntimeConfig, alias="runtimeConfig")
-    args: ConfigArgs | None = None
-    prev_result: dict[str, Any] | None = Field(None, alias="prevResult")
-    valid_attachments: list[dict[str, Any]] | None = Field(None, alias="cni.dev/valid-attachments")
-    attachments: list[dict[str, Any]] | None = Field(None, alias="cni.dev/attachments")
 
     def gc_attachments(self) -> set[tuple[str, str]] | None:
         """(containerID, ifname) pairs the runtime still uses, from either GC key."""
@@ -117,12 +92,12 @@ def parse_network_config(document: dict[str, Any]) -> NetworkConfig:
             "the flock-anycast entry needs at least {\"flock\": {\"pools\": [...]}}",
         )
     try:
-        return NetworkConfig.model_validate(document)
-    except ValidationError as exc:
+        return NetworkConfig.validate(document)
+    except validation_error_class() as exc:
         raise _translate_validation_error(exc) from exc
 
 
-def _translate_validation_error(exc: ValidationError) -> InvalidConfig | UnsupportedField:
+def _translate_validation_error(exc) -> InvalidConfig | UnsupportedField:
     problems = []
     for error in exc.errors():
         location = ".".join(str(part) for part in error["loc"])

@@ -7,7 +7,9 @@ follow the CNI spec (SPEC.md "Error" section); 100 and above are ours.
 
 from __future__ import annotations
 
-from typing import ClassVar
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the plugin imports this module on every exec: no typing at run time
+    from typing import ClassVar
 
 
 class CniError(Exception):

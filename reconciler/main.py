@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -57,7 +58,7 @@ from reconciler.loop import (
 )
 from reconciler.metrics import Metrics
 from reconciler.readiness import ReadinessSource, make_readiness_source, wait_for_first_view
-from reconciler.watch import FileWatch, RouteMonitor, WatchError
+from reconciler.watch import ANY_FILE, FileWatch, RouteMonitor, WatchError
 
 log = logging.getLogger("reconciler.main")
 
@@ -196,7 +197,7 @@ def _run_configured(config: NodeConfig, once: bool, runtime: Runtime, waker: Wak
         "starting",
         extra=fields(
             node=config.node_name,
-            state=store.path,
+            state=store.state_dir,
             readiness=readiness.name,
             protocol=config.routes.protocol,
             table=config.routes.table,
@@ -292,7 +293,10 @@ def _run_daemon(
             except Exception as exc:  # noqa: BLE001 - the plugin creates it later; resync covers us
                 log.warning("state directory not usable yet", extra=fields(error=str(exc)))
             try:
-                file_watch = runtime.make_file_watch({store.path: "state-file"}, waker.wake)
+                # Any record file of the directory, and flock 0.1's state.json
+                # until the first plugin exec migrates it.
+                watched = {os.path.join(store.allocations_dir, ANY_FILE): "state-file", store.legacy_path: "state-file"}
+                file_watch = runtime.make_file_watch(watched, waker.wake)
                 file_watch.start()
                 stoppers.append(file_watch.stop)
                 scheduler.before_pass = file_watch.ensure_watches

@@ -56,6 +56,9 @@ IN_CLOEXEC = os.O_CLOEXEC
 _FILE_EVENTS = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_MODIFY
 _DIR_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 _EVENT = struct.Struct("=iIII")
+# A file name in FileWatch's map that stands for every entry of its
+# directory except dot files (the temp files writers rename into place).
+ANY_FILE = "*"
 
 _libc: ctypes.CDLL | None = None
 
@@ -74,7 +77,9 @@ class WatchError(Exception):
 class FileWatch:
     """Wakes the loop when given files change; each is watched through its directory.
 
-    ``files`` maps an absolute file path to the wake reason. A directory that
+    ``files`` maps an absolute file path to the wake reason; a path whose
+    name is ``ANY_FILE`` stands for every non-dot entry of its directory
+    (the state's record files). A directory that
     does not exist yet (or disappears) is retried by :meth:`ensure_watches`,
     which the loop calls on every pass; until then the periodic resync covers it.
     """
@@ -181,7 +186,10 @@ class FileWatch:
             if mask & _DIR_GONE:
                 reasons.update(names.values())
             elif name:
-                reason = names.get(os.fsdecode(name))
+                text = os.fsdecode(name)
+                reason = names.get(text)
+                if reason is None and not text.startswith("."):
+                    reason = names.get(ANY_FILE)
                 if reason is not None:
                     reasons.add(reason)
         return reasons

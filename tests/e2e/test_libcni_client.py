@@ -104,6 +104,14 @@ class Runtime:
     def allocations(self):
         return StateStore(self.state_dir).read().allocations
 
+    def record_files(self) -> list[str]:
+        """The record files in the allocations directory (writers' dot temp files aside)."""
+        try:
+            names = os.listdir(StateStore(self.state_dir).allocations_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if not name.startswith("."))
+
 
 @pytest.fixture
 def runtime(libcni_client, make_netns, plugin_binary, tmp_path):
@@ -232,7 +240,8 @@ def test_refused_add_surfaces_the_plugin_error_and_del_cleans_up(runtime, make_n
     assert "198.51.100.53" in failure["msg"]
     assert "flock-anycast" in failure["error"]  # libcni names the failing plugin
     assert anycast_on_lo(pod) == set()
-    assert not os.path.exists(os.path.join(network.state_dir, "state.json")) or network.allocations() == []
+    assert network.allocations() == []
+    assert network.record_files() == []
     # A runtime follows a failed ADD with DEL, which must undo ptp's half.
     deleted = network("del", "ctr-refused", pod, args)
     assert deleted.returncode == 0, deleted

@@ -56,12 +56,18 @@ def lo_addresses(pod) -> set[str]:
         return {message.get("IFA_ADDRESS") for message in ipr.get_addr(index=index)}
 
 
-def state_bytes(chain: Chain) -> bytes | None:
+def state_bytes(chain: Chain) -> dict[str, bytes] | None:
+    """Every file of the allocations directory (temp files too) by name, or None without one."""
+    directory = StateStore(chain.state_dir).allocations_dir
     try:
-        with open(os.path.join(chain.state_dir, "state.json"), "rb") as handle:
-            return handle.read()
+        names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return None
+    contents = {}
+    for name in names:
+        with open(os.path.join(directory, name), "rb") as handle:
+            contents[name] = handle.read()
+    return contents
 
 
 def test_annotation_gives_the_anycast_set(api_lab, make_netns):
@@ -100,7 +106,8 @@ def test_pod_without_annotation_passes_through(api_lab, make_netns):
     api.put_pod("web", "frontend", "node-a")
     prev = chain.main_add("c3", pod)
     assert chain.flock("ADD", "c3", pod.path, prev, args=containerd_args("web", "frontend")).ok() == prev
-    assert state_bytes(chain) is None
+    assert not state_bytes(chain)
+    assert StateStore(chain.state_dir).read().allocations == []
 
 
 @pytest.mark.parametrize(
@@ -115,6 +122,7 @@ def test_api_faults_give_a_clear_error_and_write_nothing(api_lab, make_netns, fa
     # An earlier allocation of another pod must survive the failed ADD byte for byte.
     chain.flock("ADD", "other", pod.path, prev, args="FLOCK_ANYCAST=192.0.2.7").ok()
     before_state, before_lo = state_bytes(chain), lo_addresses(pod)
+    assert before_state is not None and len(before_state) == 1, before_state  # the other pod's record
     name = "resolver-2"
     if fault == "down":
         api.stop()

@@ -353,7 +353,7 @@ def test_restart_adopts_routes_without_delete_or_re_add_and_fixes_the_rest(topol
     orphan = ip_network("198.51.100.9/32")
     wrong = ip_network("192.0.2.54/32")
     store.allocations.append(
-        allocation("a").model_copy(update={"container_id": "ctr-c", "anycast": (ip_address("192.0.2.54"),)})
+        allocation("a").replace(container_id="ctr-c", anycast=(ip_address("192.0.2.54"),))
     )
     with node.iproute() as ipr:
         ipr.route("add", dst=str(orphan), gateway="10.1.0.3", oif=51, proto=PROTO)

@@ -1,4 +1,4 @@
-"""Many plugin processes at once, and plugins killed mid-ADD: the state file stays whole.
+"""Many plugin processes at once, and plugins killed mid-ADD: every state record stays whole.
 
 The prevResult is synthetic (what ptp would print) so the test measures our
 locking and crash behaviour, not the main plugin's.
@@ -59,26 +59,43 @@ def lo_anycast(namespace) -> set[str]:
     return found & set(ANYCAST.split(","))
 
 
-class StateSampler(threading.Thread):
-    """Parses the state file continuously while writers run; records any bad read."""
+def record_files(state_dir: str) -> list[str]:
+    """Names of the record files (not writers' dot temp files) in the allocations directory."""
+    try:
+        names = os.listdir(StateStore(state_dir).allocations_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if not name.startswith(".") and name.endswith(".json"))
 
-    def __init__(self, path: str) -> None:
+
+class StateSampler(threading.Thread):
+    """Reads every record continuously while writers run, without the lock; records any bad read.
+
+    ``StateStore.read()`` lists the allocations directory and decodes each
+    non-dot ``.json`` file as the reconciler does; a record removed between
+    the listing and the open is skipped there, so any exception at all is a
+    reader seeing a torn, half-written or misnamed record.
+    """
+
+    def __init__(self, state_dir: str) -> None:
         super().__init__(daemon=True)
-        self.path = path
+        self.store = StateStore(state_dir)
         self.samples = 0
+        self.most_records = 0
         self.failures: list[str] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                with open(self.path, "rb") as handle:
-                    json.loads(handle.read())
+                allocations = self.store.read().allocations
                 self.samples += 1
-            except FileNotFoundError:
-                pass
-            except ValueError as exc:
-                self.failures.append(str(exc))
+                self.most_records = max(self.most_records, len(allocations))
+                keys = [allocation.key for allocation in allocations]
+                if keys != sorted(set(keys)):
+                    self.failures.append(f"duplicate or unsorted keys: {keys}")
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                self.failures.append(f"{type(exc).__name__}: {exc}")
             # Sample often, but leave the CPU to the plugins under test.
             self.stop.wait(0.002)
 
@@ -87,7 +104,7 @@ def test_fifty_concurrent_adds_then_dels(make_netns, plugin_binary, tmp_path):
     state_dir = str(tmp_path / "state")
     host = make_netns("host")
     pods = [make_netns("pod") for _ in range(50)]
-    sampler = StateSampler(os.path.join(state_dir, "state.json"))
+    sampler = StateSampler(state_dir)
     sampler.start()
     try:
         adds = [start(plugin_binary, "ADD", f"ctr{i}", pod.path, config(state_dir, pod.path), host) for i, pod in enumerate(pods)]
@@ -95,6 +112,9 @@ def test_fifty_concurrent_adds_then_dels(make_netns, plugin_binary, tmp_path):
         assert [code for code, _ in add_results] == [0] * 50, [out for code, out in add_results if code]
         allocations = StateStore(state_dir).read().allocations
         assert len(allocations) == 50 and {item.state for item in allocations} == {"committed"}
+        # One record file per attachment, named after its key.
+        store = StateStore(state_dir)
+        assert record_files(state_dir) == sorted(os.path.basename(store.path_of(item.key)) for item in allocations)
         assert all(lo_anycast(pod) == set(ANYCAST.split(",")) for pod in pods)
 
         dels = [start(plugin_binary, "DEL", f"ctr{i}", pod.path, config(state_dir, None), host) for i, pod in enumerate(pods)]
@@ -104,8 +124,11 @@ def test_fifty_concurrent_adds_then_dels(make_netns, plugin_binary, tmp_path):
         sampler.stop.set()
         sampler.join()
     assert sampler.failures == []
-    assert sampler.samples > 0
+    assert sampler.samples > 0 and sampler.most_records > 0, (sampler.samples, sampler.most_records)
     assert StateStore(state_dir).read().allocations == []
+    # No record left, and no writer's temp file either: every writer finished.
+    assert os.listdir(StateStore(state_dir).allocations_dir) == []
+    assert not os.path.exists(StateStore(state_dir).legacy_path)
     assert all(lo_anycast(pod) == set() for pod in pods)
 
 
@@ -135,8 +158,13 @@ def test_sigkill_at_any_point_of_add_leaves_a_whole_file_that_del_or_gc_cleans(m
             # nsenter execs the plugin in place, so this PID is the plugin itself.
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
-        state = StateStore(state_dir).read()  # raises if the file were torn
+        store = StateStore(state_dir)
+        state = store.read()  # raises if a record file were torn
         records = [item for item in state.allocations if item.container_id == container]
+        key = ("flocknet", container, "eth0")
+        # At most this attachment's own record, under its own name, and get() agrees with read().
+        assert record_files(state_dir) == ([os.path.basename(store.path_of(key))] if records else []), run
+        assert store.get(key) == (records[0] if records else None)
         outcomes.append((finished, records[0].state if records else None, bool(lo_anycast(pod))))
 
         # Half the runs are cleaned by DEL, half by GC (with no valid attachments).
@@ -146,9 +174,15 @@ def test_sigkill_at_any_point_of_add_leaves_a_whole_file_that_del_or_gc_cleans(m
             cleanup = start(plugin_binary, "GC", "", "", config(state_dir, None, **{"cni.dev/valid-attachments": []}), host)
         assert cleanup.wait(timeout=60) == 0, cleanup.stdout.read()
         assert StateStore(state_dir).read().allocations == []
+        # A writer killed between creating its temp file and renaming it may
+        # leave a dot file behind (readers skip those); never a record file.
+        assert record_files(state_dir) == [], f"run {run}: record files left after cleanup"
         assert lo_anycast(pod) == set(), f"run {run}: addresses left after cleanup"
 
     # The kill points must really have landed inside ADDs of every phase.
     assert any(not finished for finished, _, _ in outcomes)
     assert any(record is not None for _, record, _ in outcomes)
     assert not any(address and record is None for _, record, address in outcomes), outcomes
+    # At most the writers' one temp file is left: killed writers do not pile up files.
+    left = os.listdir(StateStore(state_dir).allocations_dir)
+    assert set(left) <= {".record.tmp"}, left

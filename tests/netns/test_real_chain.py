@@ -25,6 +25,15 @@ def lo_addresses(pod) -> set[tuple[str, int]]:
         return {(message.get("IFA_ADDRESS"), message["prefixlen"]) for message in ipr.get_addr(index=index)}
 
 
+def record_files(state_dir: str) -> list[str]:
+    """The record files in the state's allocations directory (writers' dot temp files aside)."""
+    try:
+        names = os.listdir(StateStore(state_dir).allocations_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if not name.startswith("."))
+
+
 def delete_lo_address(pod, address: str, prefixlen: int) -> None:
     with pod.iproute() as ipr:
         ipr.addr("del", index=ipr.link_lookup(ifname="lo")[0], address=address, prefixlen=prefixlen)
@@ -110,7 +119,8 @@ def test_failed_add_leaves_state_and_lo_as_they_were(lab, make_netns):
     assert refused.returncode != 0
     assert refused.json()["code"] == 102
     assert lo_addresses(pod) == before
-    assert not os.path.exists(os.path.join(chain.state_dir, "state.json")) or StateStore(chain.state_dir).read().allocations == []
+    assert StateStore(chain.state_dir).read().allocations == []
+    assert record_files(chain.state_dir) == []
 
     outside = chain.flock("ADD", "ctr3", pod.path, prev, args="FLOCK_ANYCAST=198.51.100.1")
     assert outside.json()["code"] == 101 and "198.51.100.1" in outside.json()["msg"]
@@ -122,5 +132,6 @@ def test_no_anycast_source_passes_through_without_state(lab, make_netns):
     prev = chain.main_add("ctr4", pod)
     result = chain.flock("ADD", "ctr4", pod.path, prev, args=containerd_args("default", "web")).ok()
     assert result == prev
-    assert not os.path.exists(os.path.join(chain.state_dir, "state.json"))
+    assert StateStore(chain.state_dir).read().allocations == []
+    assert record_files(chain.state_dir) == []
     assert json.dumps(result)  # JSON-serialisable, as printed

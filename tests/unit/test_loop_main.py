@@ -147,14 +147,18 @@ def test_once_exits_1_when_bird_fails(tmp_path):
     assert run(["--config", write_config(tmp_path), "--once"], fakes.runtime) == 1
 
 
-def test_once_with_corrupt_state_changes_nothing_and_exits_1(tmp_path):
+@pytest.mark.parametrize("corrupt", ["allocations/flocknet+b+eth0.json", "state.json"], ids=["record", "flock 0.1 state.json"])
+def test_once_with_corrupt_state_changes_nothing_and_exits_1(tmp_path, corrupt):
     fakes = Fakes()
     fakes.kernel.routes = {P4: frozenset({HOP4})}
-    (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "state.json").write_text("{not json")
+    with StateStore(str(tmp_path / "state")).transaction() as transaction:
+        transaction.put(allocation())  # a good record next to the corrupt one
+    path = tmp_path / "state" / corrupt
+    path.write_text("{not json")
 
     assert run(["--config", write_config(tmp_path), "--once"], fakes.runtime) == 1
     assert fakes.journal == []
+    assert path.read_text() == "{not json"
 
 
 def get(url):
@@ -216,3 +220,31 @@ def test_daemon_follows_the_state_file_serves_http_and_leaves_routes_on_stop(dae
     # BIRD never confirmed the withdrawal, so the routes stayed; and shutdown leaves them.
     assert fakes.kernel.routes == {P4: {HOP4}, P6: {HOP6}}
     assert "kernel.delete" not in [entry[0] for entry in fakes.journal]
+
+
+def test_daemon_keeps_running_on_a_corrupt_record_and_recovers(daemon, tmp_path):
+    fakes, store, result = daemon
+    host, port = fakes.runtime.http.address
+    base = f"http://{host}:{port}"
+    with store.transaction() as transaction:
+        transaction.put(allocation())
+    assert deadline_poll(lambda: fakes.bird.exported == {P4, P6})
+    assert deadline_poll(lambda: get(base + "/readyz")[0] == 200)
+
+    # A record file appearing in allocations/ wakes the loop (no resync within the test: 30 s).
+    corrupt = tmp_path / "state" / "allocations" / "flocknet+b+eth0.json"
+    corrupt.write_text("{not json")
+    assert deadline_poll(lambda: get(base + "/readyz")[0] == 503), "a corrupt record did not wake the loop"
+    detail = json.loads(get(base + "/readyz")[1])
+    assert any("state" in problem and str(corrupt) in problem for problem in detail["problems"]), detail
+    # The last good view stays applied, and the loop is still alive.
+    assert fakes.bird.exported == {P4, P6}
+    assert fakes.kernel.routes == {P4: {HOP4}, P6: {HOP6}}
+    assert "code" not in result
+    assert corrupt.read_text() == "{not json"
+
+    corrupt.unlink()
+    assert deadline_poll(lambda: get(base + "/readyz")[0] == 200), "removing the corrupt record did not wake the loop"
+    with store.transaction() as transaction:
+        transaction.remove(("flocknet", "a", "eth0"))
+    assert deadline_poll(lambda: fakes.bird.exported == set())

@@ -12,6 +12,7 @@ import os
 import pytest
 
 from cni_plugin.dispatch import run
+from netconf.state import StateStore
 
 PREV_DUAL = {
     "cniVersion": "1.0.0",
@@ -92,6 +93,18 @@ def _cases(state_dir):
 
 
 CASE_NAMES = [case[0] for case in _cases("/x")]
+KEY = ("flocknet", "abc123", "eth0")  # network name, CNI_CONTAINERID, CNI_IFNAME of env() and config()
+
+
+def written(state_dir):
+    """What a verb left in the state directory besides the lock and the empty allocations directory."""
+    if not os.path.exists(state_dir):
+        return []
+    found = [name for name in os.listdir(state_dir) if name not in ("state.lock", "allocations")]
+    allocations = os.path.join(state_dir, "allocations")
+    if os.path.isdir(allocations):
+        found += [os.path.join("allocations", name) for name in os.listdir(allocations)]
+    return sorted(found)
 
 
 @pytest.mark.parametrize("index", range(len(CASE_NAMES)), ids=CASE_NAMES)
@@ -104,9 +117,8 @@ def test_bad_input_gets_its_code_and_writes_nothing(tmp_path, index):
     assert set(error) == {"cniVersion", "code", "msg", "details"}
     assert error["code"] == expected_code, error
     assert mentioned in error["msg"] + error["details"], error
-    # Nothing written: not even the state directory.
-    assert not os.path.exists(state_dir) or os.listdir(state_dir) in ([], ["state.lock"])
-    assert not os.path.exists(os.path.join(state_dir, "state.json"))
+    # Nothing written: no record file (at most the empty directories and the lock).
+    assert written(state_dir) == [], written(state_dir)
 
 
 def test_missing_variables_are_all_named_at_once(tmp_path):
@@ -154,19 +166,42 @@ def test_verbs_that_do_not_need_netns(tmp_path, command):
     assert stdout == ""
 
 
-def test_corrupt_state_file_is_reported_and_kept(tmp_path):
+CORRUPT = b'{"version": 2, "allocation": {"network": "flocknet", '
+
+
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "GC"])
+def test_corrupt_state_record_is_reported_and_kept(tmp_path, command):
     state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    (state_dir / "state.json").write_bytes(b'{"version": 1, "allocations": [')
-    for command in ("DEL", "GC"):
-        environ = env(command)
-        document = config(str(state_dir), version="1.1.0", prev=None)
-        document["cni.dev/valid-attachments"] = []
-        code, stdout = invoke(environ, document)
-        error = json.loads(stdout)
-        assert code != 0 and error["code"] == 5
-        assert "state.json" in error["msg"]
-    assert (state_dir / "state.json").read_bytes() == b'{"version": 1, "allocations": ['
+    path = StateStore(str(state_dir)).path_of(KEY)
+    os.makedirs(os.path.dirname(path), mode=0o700)
+    with open(path, "wb") as handle:
+        handle.write(CORRUPT)
+    netns = tmp_path / "netns"  # exists, so ADD gets as far as the state
+    netns.write_text("")
+    document = config(str(state_dir), version="1.1.0", prev=None if command == "GC" else PREV_DUAL)
+    document["cni.dev/valid-attachments"] = []
+    code, stdout = invoke(env(command, CNI_NETNS=str(netns)), document)
+    error = json.loads(stdout)
+    assert code != 0 and error["code"] == 5, error
+    assert path in error["msg"], error
+    assert open(path, "rb").read() == CORRUPT
+    assert written(str(state_dir)) == ["allocations/" + os.path.basename(path)]
+
+
+def test_corrupt_record_of_another_attachment_blocks_only_gc(tmp_path):
+    state_dir = tmp_path / "state"
+    other = StateStore(str(state_dir)).path_of(("flocknet", "other", "eth0"))
+    os.makedirs(os.path.dirname(other), mode=0o700)
+    with open(other, "wb") as handle:
+        handle.write(CORRUPT)
+    document = config(str(state_dir), version="1.1.0", prev=None)
+    document["cni.dev/valid-attachments"] = []
+    code, stdout = invoke(env("DEL", CNI_NETNS=""), document)
+    assert (code, stdout) == (0, "")
+    code, stdout = invoke(env("GC"), document)
+    error = json.loads(stdout)
+    assert error["code"] == 5 and other in error["msg"], error
+    assert open(other, "rb").read() == CORRUPT
 
 
 def test_status_reports_unusable_state_dir(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import pytest
 
@@ -145,13 +146,20 @@ class UnenterableLoopback(FakePodLoopback):
         raise PodNetnsUnusable(f"cannot enter pod network namespace {netns!r}")
 
 
-def test_unenterable_netns_leaves_the_state_file_as_it_was(tmp_path):
+def state_files(store):
+    """Every entry of the allocations directory (temp files too), with its bytes."""
+    return {name: open(os.path.join(store.allocations_dir, name), "rb").read() for name in os.listdir(store.allocations_dir)}
+
+
+def test_unenterable_netns_leaves_the_state_files_as_they_were(tmp_path):
     store = StateStore(str(tmp_path / "state"))
     verbs.cmd_add(context(tmp_path, fake_loopback(), container="other"))
-    before = open(store.path, "rb").read()
+    before = state_files(store)
+    assert list(before) == [os.path.basename(store.path_of(("flocknet", "other", "eth0")))]
     with pytest.raises(PodNetnsUnusable):
         verbs.cmd_add(context(tmp_path, UnenterableLoopback(netns_paths=())))
-    assert open(store.path, "rb").read() == before
+    assert state_files(store) == before
+    assert not os.path.exists(store.path_of(("flocknet", "c1", "eth0")))
 
 
 def test_failed_repeated_add_restores_the_earlier_allocation(tmp_path):

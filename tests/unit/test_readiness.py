@@ -19,7 +19,7 @@ from reconciler.readiness import (
     parse_readiness_document,
     readiness_keys,
 )
-from reconciler.watch import FileWatch
+from reconciler.watch import ANY_FILE, FileWatch
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -193,6 +193,53 @@ def test_file_watch_picks_up_a_directory_created_later(tmp_path):
         (directory / "state.json").write_text("{}")
         wakes.wait()
         assert set(wakes.reasons) == {"state-file"}
+    finally:
+        watch.stop()
+
+
+def test_file_watch_wildcard_wakes_on_record_files_but_not_on_dot_files(tmp_path):
+    wakes = Wakes()
+    # "sentinel" has its own reason (an exact name wins over the wildcard): touching it
+    # after the dot-file writes proves, by queue order, that those writes woke nobody.
+    watch = FileWatch({str(tmp_path / ANY_FILE): "state-file", str(tmp_path / "sentinel"): "sentinel"}, wakes)
+    watch.start()
+    try:
+        # Writes to dot files alone (a writer's temp file, created, written, removed): no wake-up.
+        (tmp_path / ".x.tmp").write_text("{}")
+        (tmp_path / ".y.tmp").write_text("{}")
+        os.unlink(tmp_path / ".y.tmp")
+        os.mkdir(tmp_path / "sentinel")  # one inotify event, so one wake-up
+        wakes.wait()
+        assert wakes.reasons == ["sentinel"]
+
+        # The writer renames its temp file into place: a record file appears.
+        del wakes.reasons[:]
+        os.replace(tmp_path / ".x.tmp", tmp_path / "a+b+c.json")
+        wakes.wait()
+        assert wakes.reasons == ["state-file"]
+
+        # A record is removed (DEL, GC).
+        del wakes.reasons[:]
+        os.unlink(tmp_path / "a+b+c.json")
+        wakes.wait()
+        assert wakes.reasons == ["state-file"]
+    finally:
+        watch.stop()
+
+
+def test_file_watch_wildcard_covers_a_directory_created_later(tmp_path):
+    directory = tmp_path / "state" / "allocations"
+    wakes = Wakes()
+    watch = FileWatch({str(directory / ANY_FILE): "state-file"}, wakes)
+    watch.start()
+    try:
+        assert watch.ensure_watches() == [str(directory)]
+        directory.mkdir(parents=True)
+        assert watch.ensure_watches() == []
+        (directory / ".n+c+eth0.json.tmp").write_text("{}")
+        os.replace(directory / ".n+c+eth0.json.tmp", directory / "n+c+eth0.json")
+        wakes.wait()
+        assert wakes.reasons == ["state-file"]
     finally:
         watch.stop()
 

@@ -25,6 +25,12 @@ PTP_040 = {
 }
 
 
+def _validated(document):
+    """The document after parse_result accepted it, as the ADD verb renders it."""
+    parse_result(document)
+    return document
+
+
 def as_version(document, version):
     converted = copy.deepcopy(document)
     converted["cniVersion"] = version
@@ -37,7 +43,7 @@ def as_version(document, version):
 @pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
 def test_round_trip_is_identity_in_each_version(version):
     document = as_version(PTP_040, version)
-    assert render_result(parse_result(document), version) == document
+    assert render_result(_validated(document), version) == document
 
 
 def test_unknown_keys_and_ip_order_survive():
@@ -46,7 +52,7 @@ def test_unknown_keys_and_ip_order_survive():
     document["x-vendor"] = {"keep": True}
     document["interfaces"][1]["mtu"] = 1450
     document["routes"][0]["priority"] = 100
-    rendered = render_result(parse_result(document), "1.1.0")
+    rendered = render_result(_validated(document), "1.1.0")
     assert rendered == document
 
 
@@ -54,14 +60,16 @@ def test_downgrade_adds_version_and_drops_1_1_fields():
     document = as_version(PTP_040, "1.1.0")
     document["interfaces"][1]["mtu"] = 1450
     document["routes"][0]["table"] = 100
-    rendered = render_result(parse_result(document), "0.4.0")
+    rendered = render_result(_validated(document), "0.4.0")
     assert [ip["version"] for ip in rendered["ips"]] == ["4", "6"]
     assert "mtu" not in rendered["interfaces"][1] and "table" not in rendered["routes"][0]
 
 
 def test_upgrade_drops_ip_version():
-    rendered = render_result(parse_result(PTP_040), "1.0.0")
+    original = copy.deepcopy(PTP_040)
+    rendered = render_result(_validated(PTP_040), "1.0.0")
     assert all("version" not in ip for ip in rendered["ips"])
+    assert PTP_040 == original, "render_result must not modify the prevResult it was given"
 
 
 def test_pod_addresses_come_from_the_sandbox_interface():
