@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~8 ms of every exec
     from typing import NoReturn
+
 
 def main() -> NoReturn:
     """Serve one CNI call and end the process with its exit code."""

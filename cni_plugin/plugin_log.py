@@ -6,6 +6,9 @@ one, to ``logFile``. The stdlib ``logging`` package costs a plugin exec
 default level (warning) a successful exec logs nothing. So the plugin logs
 through ``PluginLogger``, which compares the level first and sets up
 ``logging`` — handlers, format, level — on the first record that passes.
+(pyroute2's ``netlink`` package imports ``logging`` itself, so the saving is
+for the execs that never reach the kernel: VERSION, STATUS, an ADD without
+anycast addresses, a DEL of an unknown attachment, every refused call.)
 
 Process-wide state: ``main()`` calls ``configure`` (through the dispatcher,
 once the config is parsed); library code only calls ``get_logger``.

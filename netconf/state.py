@@ -226,12 +226,6 @@ class Transaction:
             self._seen[key] = self._store.get(key)
         return self._seen[key]
 
-    def allocations(self) -> list[Allocation]:
-        """Every allocation, with this transaction's changes applied (reads all records)."""
-        current = {allocation.key: allocation for allocation in self._store.read().allocations}
-        current.update(self._changes)
-        return [current[key] for key in sorted(current) if current[key] is not None]
-
     def put(self, allocation: Allocation) -> None:
         """Write ``allocation`` at commit; raises StateCorrupt if its record is unreadable.
 
