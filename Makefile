@@ -39,8 +39,10 @@ demo: deps venv
 	$(PY) -m tests.lab.demo
 
 bench: deps venv build
-	$(PY) benchmarks/plugin_startup.py
+	.ci/install-deps valgrind
+	$(PY) benchmarks/plugin_startup.py --instructions
 	$(PY) benchmarks/reconciler_bench.py
+	$(PY) benchmarks/state_read_bench.py
 
 clean:
 	rm -rf build/dist build/work $(VENV) .pytest_cache

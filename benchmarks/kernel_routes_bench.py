@@ -52,7 +52,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from reconciler.desired import IPAddress, IPNetwork, NextHop
 from reconciler.kernel import KernelRoutes
-from tests.lab.netns import Netns, create_netns, delete_netns
+from tests.lab.netns import Netns, create_netns, delete_netns, wire_pod
 
 PROTOCOL = 70
 TABLE = 254
@@ -156,16 +156,7 @@ def build_lab() -> tuple[Netns, list[Netns]]:
         for device, (index, ip4, ip6) in PODS.items():
             pod = create_netns("bench-pod")
             pods.append(pod)
-            with node.iproute() as ipr:
-                ipr.link("add", ifname=device, index=index, kind="veth", peer={"ifname": "eth0", "net_ns_fd": pod.path})
-                ipr.link("set", index=index, state="up")
-                ipr.route("add", dst=f"{ip4}/32", oif=index, scope=253)
-                ipr.route("add", dst=f"{ip6}/128", oif=index)
-            with pod.iproute() as ipr:
-                eth0 = ipr.link_lookup(ifname="eth0")[0]
-                ipr.link("set", index=eth0, state="up")
-                ipr.addr("add", index=eth0, address=ip4, prefixlen=32)
-                ipr.addr("add", index=eth0, address=ip6, prefixlen=128)
+            wire_pod(node, pod, device, index, ip4, ip6)
     except BaseException:
         for namespace in (*pods, node):
             delete_netns(namespace)

@@ -38,11 +38,16 @@ critical section is O(1) whatever the number of pods on the node (the
 retries); ``--lock-timeout`` sets it for this phase (the stress test uses
 60).
 
+``--instructions`` also runs each flock case once under callgrind and
+prints the instructions it executed (user space, following the frozen
+bootloader's re-exec): a figure that does not depend on what else the
+shared machine runs.
+
 Targets (issue 4): frozen ADD and DEL median <= 20 ms; first step <= 60 ms.
 
 Run as root from the repository: ``.venv/bin/python benchmarks/plugin_startup.py
 [--runs 30] [--baseline PATH] [--lock-timeout S] [--concurrent-build frozen|source|none]
-[--json]``. Exit status 1 only for wrong results, never for slow ones. The plugin processes run inside the lab's host
+[--json] [--instructions]``. Exit status 1 only for wrong results, never for slow ones. The plugin processes run inside the lab's host
 netns (this process enters it for the measurement, so no ``nsenter`` sits
 between spawn and plugin); nothing touches the root namespace. Namespaces
 and the temp state directory are removed on exit, also on failure.
@@ -287,7 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         help="flock.lockTimeout for the concurrent phase (default: the plugin's own, 30 s)",
     )
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON document")
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="also count the instructions of one exec of each flock case under callgrind (needs valgrind)",
+    )
     args = parser.parse_args(argv)
+    if args.instructions and shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     builds = {"frozen": args.frozen, "source": args.source}
@@ -347,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         entered = True
         print(f"measuring {len(cases)} cases x {args.runs} runs, state with {OTHER_ALLOCATIONS} allocations", file=sys.stderr)
         measure(cases, args.runs)
+        instructions = count_instructions([case for case in cases if case.name.split()[0] in builds]) if args.instructions else None
         concurrent = None
         if args.concurrent_build != "none":
             print(f"{CONCURRENT_PODS} concurrent ADDs then DELs ({args.concurrent_build})", file=sys.stderr)
@@ -370,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         value = frozen[f"frozen {verb}"]
         verdict = "meets" if value <= TARGET_MS else ("meets the first step" if value <= FIRST_STEP_MS else "misses")
         print(f"frozen {verb} median {value:.1f} ms: {verdict} (target {TARGET_MS:g} ms, first step {FIRST_STEP_MS:g} ms)")
+    if instructions is not None:
+        print()
+        print("instructions per exec (callgrind, user space, one run each; independent of load):")
+        for name, mebi in instructions.items():
+            print(f"  {name:30s} {mebi:8.1f} Mi")
     if concurrent is not None:
         print()
         lock = f"lockTimeout {args.lock_timeout:g} s" if args.lock_timeout is not None else "default lockTimeout (30 s)"
@@ -395,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             "reference_ms": reference,
             "concurrent": concurrent,
             "lock_timeout": args.lock_timeout,
+            "instructions_mi": instructions,
         }, indent=1))
     # Slow is not a failure here (this is a benchmark); wrong is. Lock
     # timeouts (code 11) are the runtime's to retry; anything else, an ADD
@@ -408,6 +426,29 @@ def main(argv: list[str] | None = None) -> int:
         or (not concurrent["del_failures"] and concurrent["allocations_after_del"] != OTHER_ALLOCATIONS)
     )
     return 1 if broken else 0
+
+
+def count_instructions(cases: list[Case]) -> dict[str, float]:
+    """Mi instructions of one exec of each case, in list order (ADD before CHECK and DEL).
+
+    ``--trace-children=yes`` follows the frozen bootloader's re-exec; the
+    "Collected" counts of every image are summed.
+    """
+    import re
+    import subprocess
+
+    counts = {}
+    for case in cases:
+        config = case.config if isinstance(case.config, bytes) else json.dumps(case.config).encode()
+        completed = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=/dev/null", case.binary],
+            input=config, env=case.invocation.environ(), capture_output=True, timeout=300,
+        )
+        if completed.returncode != 0:
+            raise SystemExit(f"{case.name} under callgrind: exit {completed.returncode}: {completed.stdout!r}")
+        collected = [int(number) for number in re.findall(rb"Collected : (\d+)", completed.stderr)]
+        counts[case.name] = sum(collected) / (1 << 20)
+    return counts
 
 
 def _error_code(run: PluginRun) -> int | None:

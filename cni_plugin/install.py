@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from netconf.files import fsync_directory, replace_file
+
 PLUGIN_TYPE = "flock-anycast"
 # Top-level keys in our entry: the plugin's envelope ignores unknown keys,
 # and uninstall uses them to know what install did.
@@ -124,17 +126,8 @@ def write_atomically(path: str, payload: bytes, mode: int = 0o644) -> Change:
                 return Change(path, "unchanged")
     except FileNotFoundError:
         pass
-    directory = os.path.dirname(path) or "."
-    temp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, payload)
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    _fsync_directory(directory)
+    replace_file(path, payload, mode=mode)
+    fsync_directory(os.path.dirname(os.path.abspath(path)))
     return Change(path, "written")
 
 
@@ -236,14 +229,6 @@ def _same_tree(left: str, right: str) -> bool:
     if comparison.left_only or comparison.right_only or comparison.diff_files or comparison.funny_files:
         return False
     return all(_same_tree(os.path.join(left, sub), os.path.join(right, sub)) for sub in comparison.common_dirs)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- command line ---------------------------------------------------------

@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
 
 from netconf.errors import IOFailure, LockTimeout, StateCorrupt
+from netconf.files import fsync_directory, replace_file
 from netconf.records import Record, validation_error_class
 
 TYPE_CHECKING = False
@@ -500,27 +501,14 @@ class StateStore:
 
     def _write_record(self, allocation: Allocation) -> None:
         path = self.path_of(allocation.key)
-        payload = encode_record(allocation)
-        temp_path = os.path.join(self.allocations_dir, _TEMP_NAME)
         try:
-            fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, payload)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp_path, path)
+            replace_file(path, encode_record(allocation), mode=0o600, temp_path=os.path.join(self.allocations_dir, _TEMP_NAME))
         except OSError as exc:
             raise IOFailure(f"cannot write state record {path}", repr(exc)) from exc
 
     def _sync_directory(self, directory: str) -> None:
-        # The renames and unlinks are durable once the directory is.
         try:
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_directory(directory)
         except OSError as exc:
             raise IOFailure(f"cannot sync state directory {directory}", repr(exc)) from exc
 

@@ -41,12 +41,12 @@ import ipaddress
 import logging
 import os
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from netconf.files import fsync_directory, replace_file
 from netconf.node import BgpSettings, BirdSettings
 from reconciler.bird_control import (
     CODE_CONFIGURATION_OK,
@@ -390,33 +390,13 @@ def _write_atomic(path: str, data: bytes, default_mode: int) -> None:
     Mode and ownership of an existing file are kept (a BIRD running as user
     ``bird`` must still read it; bird.conf may hold passwords).
     """
-    directory = os.path.dirname(os.path.abspath(path))
     try:
         existing = os.stat(path)
     except FileNotFoundError:
-        existing = None
-    fd, temp_path = tempfile.mkstemp(prefix=".flock-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if existing is not None:
-                os.fchmod(handle.fileno(), stat.S_IMODE(existing.st_mode))
-                try:
-                    os.fchown(handle.fileno(), existing.st_uid, existing.st_gid)
-                except PermissionError:
-                    pass
-            else:
-                os.fchmod(handle.fileno(), default_mode)
-            os.fsync(handle.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        try:
-            os.unlink(temp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
+        replace_file(path, data, mode=default_mode)
+    else:
+        replace_file(path, data, mode=stat.S_IMODE(existing.st_mode), owner=(existing.st_uid, existing.st_gid))
+    fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 
 def _remove(path: str) -> None:
@@ -424,12 +404,4 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         return
-    _fsync_directory(os.path.dirname(os.path.abspath(path)))
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(os.path.dirname(os.path.abspath(path)))

@@ -74,6 +74,17 @@ class WatchError(Exception):
     """inotify could not be set up (e.g. the directory does not exist)."""
 
 
+def _wake_and_join(stop_write: int, thread: threading.Thread | None) -> None:
+    """Tell a source's thread to end (a byte on its stop pipe) and wait for it."""
+    if stop_write >= 0:
+        try:
+            os.write(stop_write, b"x")
+        except OSError:
+            pass
+    if thread is not None:
+        thread.join(timeout=5)
+
+
 class FileWatch:
     """Wakes the loop when given files change; each is watched through its directory.
 
@@ -133,14 +144,8 @@ class FileWatch:
         return missing
 
     def stop(self) -> None:
-        if self._stop_write >= 0:
-            try:
-                os.write(self._stop_write, b"x")
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        _wake_and_join(self._stop_write, self._thread)
+        self._thread = None
         for fd in (self._fd, self._stop_read, self._stop_write):
             if fd >= 0:
                 os.close(fd)
@@ -223,14 +228,8 @@ class RouteMonitor:
         self._thread.start()
 
     def stop(self) -> None:
-        if self._stop_write >= 0:
-            try:
-                os.write(self._stop_write, b"x")
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        _wake_and_join(self._stop_write, self._thread)
+        self._thread = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None

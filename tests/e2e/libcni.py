@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tests.lab.cni import PluginRun
 from tests.lab.netns import Netns
 
 CLIENT_SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libcni_client")
@@ -114,18 +115,10 @@ def build_client(cache_dir: str) -> str:
 
 
 @dataclass(frozen=True)
-class ClientRun:
-    returncode: int
-    stdout: str
-    stderr: str
+class ClientRun(PluginRun):
+    """A run of the libcni client: its stdout is the chain's result or error."""
 
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def ok(self) -> Any:
-        """The decoded result (None for CHECK and DEL), or AssertionError with the failure."""
-        assert self.returncode == 0, f"libcni client failed rc={self.returncode}: {self.stdout} {self.stderr}"
-        return json.loads(self.stdout) if self.stdout.strip() else None
+    label = "libcni client"
 
     def failure(self) -> dict[str, Any]:
         """The decoded error of a failed run: ``error`` and, from the plugin, ``code``/``msg``/``details``."""

@@ -24,12 +24,15 @@ class PluginRun:
     stdout: str
     stderr: str
 
+    # Who ran, for assertion messages.
+    label = "plugin"
+
     def json(self) -> Any:
         return json.loads(self.stdout)
 
     def ok(self) -> Any:
-        """The decoded result of a successful run, or AssertionError with the error JSON."""
-        assert self.returncode == 0, f"plugin failed rc={self.returncode}: {self.stdout} {self.stderr}"
+        """The decoded result of a successful run (None for an empty stdout), or AssertionError with the error JSON."""
+        assert self.returncode == 0, f"{self.label} failed rc={self.returncode}: {self.stdout} {self.stderr}"
         return json.loads(self.stdout) if self.stdout.strip() else None
 
 

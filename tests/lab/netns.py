@@ -105,3 +105,24 @@ def list_lab_namespaces() -> list[str]:
         return sorted(name for name in os.listdir(NETNS_DIR) if name.startswith(TEST_PREFIX + "-"))
     except FileNotFoundError:
         return []
+
+
+def wire_pod(node: Netns, pod: Netns, device: str, index: int, ip4: str, ip6: str) -> None:
+    """A veth from ``node`` (``device``, ifindex ``index``) to ``pod`` (``eth0``) with /32 and /128 host routes.
+
+    What a ptp-style CNI plugin leaves: the pod's addresses on its eth0 and
+    a host route to each on the node. The pair is created directly in both
+    namespaces with distinct ifindexes (LAB-NOTES 1 and 2).
+    """
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+    with node.iproute() as ipr:
+        ipr.link("add", ifname=device, index=index, kind="veth", peer={"ifname": "eth0", "net_ns_fd": pod.path})
+        ipr.link("set", index=index, state="up")
+        ipr.route("add", dst=f"{ip4}/32", oif=index, scope=253)
+        ipr.route("add", dst=f"{ip6}/128", oif=index)
+    with pod.iproute() as ipr:
+        eth0 = ipr.link_lookup(ifname="eth0")[0]
+        ipr.link("set", index=eth0, state="up")
+        ipr.addr("add", index=eth0, address=ip4, prefixlen=32)
+        ipr.addr("add", index=eth0, address=ip6, prefixlen=128, flags=IFA_F_NODAD)

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from ipaddress import ip_address, ip_network
 
 import pytest
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from netconf.state import Allocation, PodRef
 from reconciler.desired import NextHop
@@ -35,6 +34,7 @@ from reconciler.kernel import (
 from reconciler.loop import LoopSettings, Reconciler, Scheduler, Waker
 from reconciler.readiness import AlwaysReady
 from reconciler.watch import RouteMonitor
+from tests.lab.netns import wire_pod
 
 PROTO = 70
 P4 = ip_network("192.0.2.53/32")
@@ -61,23 +61,7 @@ def topology(make_netns):
     for name, (device, index, ip4, ip6) in PODS.items():
         pod = make_netns(f"pod{name}")
         pods[name] = pod
-        with node.iproute() as ipr:
-            # Created directly in both namespaces, with distinct ifindexes (LAB-NOTES 2).
-            ipr.link(
-                "add",
-                ifname=device,
-                index=index,
-                kind="veth",
-                peer={"ifname": "eth0", "net_ns_fd": pod.path},
-            )
-            ipr.link("set", index=index, state="up")
-            ipr.route("add", dst=f"{ip4}/32", oif=index, scope=253)
-            ipr.route("add", dst=f"{ip6}/128", oif=index)
-        with pod.iproute() as ipr:
-            eth0 = ipr.link_lookup(ifname="eth0")[0]
-            ipr.link("set", index=eth0, state="up")
-            ipr.addr("add", index=eth0, address=ip4, prefixlen=32)
-            ipr.addr("add", index=eth0, address=ip6, prefixlen=128, flags=IFA_F_NODAD)
+        wire_pod(node, pod, device, index, ip4, ip6)
     return node, pods
 
 

@@ -99,7 +99,7 @@ def test_first_export_writes_checks_configures_and_confirms(env):
     assert fake.commands[:2] == ["configure check", "configure"]
     assert model.loaded == {"flock_anycast4": ["192.0.2.53/32"], "flock_anycast6": ["2001:db8:a::53/128"]}
     assert stat.S_IMODE(include.stat().st_mode) == 0o644
-    assert not [name for name in os.listdir(include.parent) if name.startswith(".flock-")]
+    assert not [name for name in os.listdir(include.parent) if name.endswith(".tmp")]
 
 
 def test_unchanged_set_is_a_no_op_without_talking_to_bird(env):
