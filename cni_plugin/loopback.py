@@ -33,15 +33,26 @@ _LOOPBACK = "lo"
 if TYPE_CHECKING:
 
     class PodLoopback(Protocol):
-        """The interface the verbs use; NetlinkPodLoopback here, a fake in the unit tests."""
+        """The interface the verbs use; NetlinkPodLoopback here, a fake in the unit tests.
 
-        def ensure_addresses(self, netns: str, addresses: Iterable[IPAddress]) -> None:
+        ``inode``, where given, is the namespace's inode recorded at ADD: the
+        call acts only while ``netns`` still names that namespace.
+        """
+
+        def identify(self, netns: str) -> int | None:
+            """The inode of the pod namespace at ``netns``, None if nothing is there.
+
+            Raises PodNetnsUnusable for a path that is no network namespace,
+            or is the plugin's own or the host's.
+            """
+
+        def ensure_addresses(self, netns: str, addresses: Iterable[IPAddress], inode: int | None = None) -> None:
             """Add each address as a host prefix on ``lo`` (idempotent), bringing ``lo`` up."""
 
-        def delete_addresses(self, netns: str, addresses: Iterable[IPAddress]) -> None:
+        def delete_addresses(self, netns: str, addresses: Iterable[IPAddress], inode: int | None = None) -> None:
             """Remove the addresses; ones already gone, or a gone netns, are fine."""
 
-        def list_addresses(self, netns: str) -> set[tuple[IPAddress, int]]:
+        def list_addresses(self, netns: str, inode: int | None = None) -> set[tuple[IPAddress, int]]:
             """(address, prefix length) pairs on ``lo``."""
 
 
@@ -54,20 +65,41 @@ class NetlinkPodLoopback:
 
     The requests are the ones ``pyroute2.IPRoute`` sends for ``link_lookup``,
     ``link('set', state='up')`` and ``addr('replace'|'del'|dump)``.
-    ``open_socket(netns_path)`` defaults to ``cni_plugin.rtnl.RtnlSocket``;
-    tests pass a recorder to check the requests without a kernel.
+    ``open_socket(netns_path, inode)`` defaults to ``cni_plugin.rtnl.RtnlSocket``,
+    which checks what the path names before entering it; tests pass a
+    recorder to check the requests without a kernel.
     """
 
     def __init__(self, open_socket=None) -> None:
         self._open_socket = open_socket
 
-    def ensure_addresses(self, netns: str, addresses: Iterable[IPAddress]) -> None:
+    def identify(self, netns: str) -> int | None:
+        # Also loads the netlink code: ADD and DEL call this just before
+        # they take the node's state lock, which should not be held while
+        # Python imports modules.
+        from cni_plugin import rtnl
+
+        if not netns:
+            return None
+        try:
+            info = os.stat(netns)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError) as exc:
+            raise PodNetnsUnusable(f"cannot inspect pod network namespace {netns!r}", repr(exc)) from exc
+        try:
+            rtnl.check_pod_netns(info, netns)
+        except rtnl.NamespaceRefused as exc:
+            raise PodNetnsUnusable(f"refusing CNI_NETNS: {exc}", _NETNS_HINT) from exc
+        return info.st_ino
+
+    def ensure_addresses(self, netns: str, addresses: Iterable[IPAddress], inode: int | None = None) -> None:
         from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
         from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
         from cni_plugin.rtnl import LinkHeader
 
-        with _open_netns(netns, self._open_socket) as rtnl:
+        with _open_netns(netns, inode, self._open_socket) as rtnl:
             index, flags = _loopback_link(rtnl, netns)
             if not flags & IFF_UP:
                 up = LinkHeader()
@@ -86,14 +118,15 @@ class NetlinkPodLoopback:
                     f"add {address}/{host_prefixlen(address)} to lo in {netns}",
                 )
 
-    def delete_addresses(self, netns: str, addresses: Iterable[IPAddress]) -> None:
-        if not netns_exists(netns):
+    def delete_addresses(self, netns: str, addresses: Iterable[IPAddress], inode: int | None = None) -> None:
+        addresses = list(addresses)
+        if not addresses or not netns_exists(netns):
             return
         from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
         from pyroute2.netlink.rtnl import RTM_DELADDR
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-        with _open_netns(netns, self._open_socket) as rtnl:
+        with _open_netns(netns, inode, self._open_socket) as rtnl:
             index, _ = _loopback_link(rtnl, netns)
             for address in addresses:
                 message = _address_message(ifaddrmsg(), index, address)
@@ -103,14 +136,14 @@ class NetlinkPodLoopback:
                     tolerate=(errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH),
                 )
 
-    def list_addresses(self, netns: str) -> set[tuple[IPAddress, int]]:
+    def list_addresses(self, netns: str, inode: int | None = None) -> set[tuple[IPAddress, int]]:
         import ipaddress
 
         from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
         from pyroute2.netlink.rtnl import RTM_GETADDR
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-        with _open_netns(netns, self._open_socket) as rtnl:
+        with _open_netns(netns, inode, self._open_socket) as rtnl:
             index, _ = _loopback_link(rtnl, netns)
             # The kernel ignores ifa_index in a dump request (no strict
             # checking): dump everything and keep what is on lo.
@@ -122,11 +155,19 @@ class NetlinkPodLoopback:
             }
 
 
+_NETNS_HINT = "CNI_NETNS must name a pod's network namespace file, e.g. /var/run/netns/<name>"
+
+
 def netns_exists(netns: str) -> bool:
-    return bool(netns) and os.path.exists(netns)
+    try:
+        return bool(netns) and os.path.exists(netns)
+    except ValueError:  # a NUL byte: no such path
+        return False
 
 
-def _open_netns(netns: str, open_socket=None):
+def _open_netns(netns: str, inode: int | None, open_socket=None):
+    from cni_plugin.rtnl import NamespaceRefused
+
     if open_socket is None:
         # Imported on first use: only ADD, DEL, CHECK and GC talk netlink.
         from cni_plugin.rtnl import RtnlSocket as open_socket
@@ -135,7 +176,9 @@ def _open_netns(netns: str, open_socket=None):
         raise PodNetnsUnusable(f"pod network namespace {netns!r} does not exist")
     try:
         # Opening the path never creates a namespace where one is gone.
-        return open_socket(netns)
+        return open_socket(netns, inode)
+    except NamespaceRefused as exc:
+        raise PodNetnsUnusable(f"refusing CNI_NETNS: {exc}", _NETNS_HINT) from exc
     except OSError as exc:
         raise PodNetnsUnusable(f"cannot enter pod network namespace {netns!r}", repr(exc)) from exc
 

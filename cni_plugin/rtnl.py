@@ -26,6 +26,7 @@ reconciler uses pyroute2's netns sockets).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 
@@ -62,15 +63,71 @@ class LinkHeader(nlmsg):
     nla_map = ((0, "IFLA_UNSPEC", "none"), (3, "IFLA_IFNAME", "asciiz"))
 
 
-def socket_in_netns(netns_path: str, family: int, kind: int, proto: int) -> socket.socket:
-    """A socket created inside the network namespace at ``netns_path``.
+class NamespaceRefused(Exception):
+    """The path names no network namespace, or one the plugin must not change."""
+
+
+# <linux/nsfs.h>: _IO(0xb7, 0x3), the type (CLONE_NEW*) of a namespace file.
+NS_GET_NSTYPE = 0xB703
+
+
+def open_pod_netns(netns_path: str, inode: int | None = None) -> int:
+    """An O_RDONLY descriptor of the pod network namespace at ``netns_path``.
+
+    Refuses (NamespaceRefused) anything but a network namespace file, the
+    namespace this process runs in, and that of PID 1 (the host's): a
+    runtime's CNI_NETNS or a state record must never make the plugin put
+    addresses on, or take them from, the host's ``lo``. With ``inode``,
+    the namespace must be the one recorded at ADD (paths are reused).
+    O_NONBLOCK: a FIFO planted at the path opens at once and is refused by
+    its type instead of hanging the plugin. Raises OSError when the path
+    cannot be opened.
+    """
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        check_pod_netns(os.fstat(fd), netns_path, inode)
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError as exc:
+            raise NamespaceRefused(f"{netns_path!r} is not a namespace file") from exc
+        if kind != CLONE_NEWNET:
+            raise NamespaceRefused(f"{netns_path!r} is a namespace, but not a network namespace")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_pod_netns(info: os.stat_result, netns_path: str, inode: int | None = None) -> None:
+    """Judge the ``stat`` of a would-be pod namespace; raises NamespaceRefused.
+
+    Every namespace file lives on the one nsfs pseudo file system, so its
+    device is that of our own ``/proc/self/ns/net``.
+    """
+    own = os.stat("/proc/self/ns/net")
+    if info.st_dev != own.st_dev:
+        raise NamespaceRefused(f"{netns_path!r} is not a network namespace file (nsfs)")
+    if info.st_ino == own.st_ino:
+        raise NamespaceRefused(f"{netns_path!r} is the network namespace flock-anycast runs in, not a pod's")
+    try:
+        host = os.stat("/proc/1/ns/net")
+    except OSError:
+        host = None  # no access to PID 1: our own namespace was checked above
+    if host is not None and info.st_ino == host.st_ino:
+        raise NamespaceRefused(f"{netns_path!r} is the host's network namespace (that of PID 1), not a pod's")
+    if inode is not None and info.st_ino != inode:
+        raise NamespaceRefused(f"{netns_path!r} is no longer the network namespace recorded at ADD")
+
+
+def socket_in_netns(netns_path: str, family: int, kind: int, proto: int, inode: int | None = None) -> socket.socket:
+    """A socket created inside the pod network namespace at ``netns_path``.
 
     The calling thread enters the namespace, creates the socket and returns
-    to its own namespace before this function returns. Raises OSError when
-    the path cannot be opened or is not a network namespace; it never
-    creates a namespace.
+    to its own namespace before this function returns. Raises
+    NamespaceRefused (see open_pod_netns) and OSError when the path cannot
+    be opened; it never creates a namespace.
     """
-    target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    target = open_pod_netns(netns_path, inode)
     try:
         # thread-self: setns() moves the calling thread, not the process.
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -109,7 +166,7 @@ class RtnlSocket:
     an error, and OSError when the socket itself fails.
     """
 
-    def __init__(self, netns_path: str) -> None:
+    def __init__(self, netns_path: str, inode: int | None = None) -> None:
         # Imported here, not at the top: only verbs that reach the kernel
         # pay for pyroute2 (see cni_plugin.loopback).
         from pyroute2.netlink import NLMSG_DONE, NLMSG_ERROR
@@ -117,7 +174,7 @@ class RtnlSocket:
         from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-        self._socket = socket_in_netns(netns_path, socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+        self._socket = socket_in_netns(netns_path, socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE, inode)
         try:
             self._socket.bind((0, 0))  # the kernel picks the port id
         except OSError:

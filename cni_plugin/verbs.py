@@ -7,8 +7,14 @@ fakes; the real adapters are tested in namespaces.
 
 from __future__ import annotations
 
-from cni_plugin.anycast import AnycastRequest, check_families, check_pools, requested_anycast
-from cni_plugin.loopback import host_prefixlen, netns_exists
+from cni_plugin.anycast import (
+    AnycastRequest,
+    check_families,
+    check_pools,
+    requested_anycast,
+    usable_pod_addresses,
+)
+from cni_plugin.loopback import host_prefixlen
 from cni_plugin.plugin_log import get_logger
 from netconf.errors import (
     AnycastMissing,
@@ -19,7 +25,7 @@ from netconf.errors import (
     PodNetnsUnusable,
 )
 from netconf.results import parse_result, render_result
-from netconf.state import Allocation, PodRef, utc_now
+from netconf.state import Allocation, PodRef, record_network, utc_now
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,7 +34,7 @@ if TYPE_CHECKING:
     from cni_plugin.environment import CniEnvironment
     from cni_plugin.loopback import PodLoopback
     from netconf.config import NetworkConfig
-    from netconf.state import AllocationKey, StateStore
+    from netconf.state import AllocationKey, IPAddress, StateStore, Transaction
 
 log = get_logger("flock.cni")
 
@@ -52,10 +58,14 @@ class VerbContext:
 def cmd_add(context: VerbContext) -> dict[str, Any]:
     """Put the anycast set on the pod's ``lo`` and record it; return the result.
 
-    pending → addresses → committed, so a crash at any point leaves a record
-    DEL and GC can clean up, and the reconciler advertises only committed
-    allocations. Any failure after the pending write is undone before the
-    error is raised.
+    Everything is validated before the state lock is taken. Under the lock:
+    a ``pending`` record covering every address that may be on ``lo`` (the
+    earlier set of a re-ADD and the new one) is written first, then ``lo``
+    is changed, then the record is ``committed`` with the new set. A crash
+    at any point leaves a record that DEL and GC clean up fully and that
+    the reconciler never advertises; any failure is undone before the
+    error is raised. The lock is held to the end, so execs for one
+    attachment never interleave and ``lo`` and the record always agree.
     """
     env, config = context.env, context.config
     if config.prev_result is None:
@@ -70,41 +80,51 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
         log.info("no anycast addresses requested for %s; passing prevResult through", env.container_id)
         return output
     check_pools(request.addresses, config)
-    pod_ips = tuple(previous.pod_addresses(env.ifname))
-    check_families(request.addresses, pod_ips, env.ifname)
-    if not netns_exists(env.netns):
+    all_pod_ips = tuple(previous.pod_addresses(env.ifname))
+    check_families(request.addresses, all_pod_ips, env.ifname)
+    # Only what the reconciler may use as a next hop is recorded.
+    pod_ips = usable_pod_addresses(all_pod_ips, request.addresses)
+    inode = context.loopback.identify(env.netns)
+    if inode is None:
         raise PodNetnsUnusable(f"pod network namespace {env.netns!r} does not exist")
 
-    now = utc_now()
     with context.store.transaction() as transaction:
         earlier = transaction.get(context.key)
-        transaction.put(
-            Allocation(
-                network=config.name,
-                container_id=env.container_id,
-                ifname=env.ifname,
-                netns=env.netns,
-                pod=pod_identity(env),
-                anycast=request.addresses,
-                pod_ips=pod_ips,
-                state="pending",
-                created_at=earlier.created_at if earlier else now,
-                updated_at=now,
+        if earlier is not None and not _recorded_netns_alive(context, earlier):
+            earlier = None  # its namespace is gone, and its addresses with it
+        if earlier is not None and (earlier.netns != env.netns or earlier.netns_inode not in (None, inode)):
+            raise PodNetnsUnusable(
+                f"attachment {env.container_id}/{env.ifname} is recorded in network namespace {earlier.netns!r}, "
+                f"not {env.netns!r}",
+                "DEL the attachment first; a runtime follows a failed ADD with DEL, which cleans up the recorded one",
             )
+        now = utc_now()
+        covered = _union(earlier.anycast if earlier else (), request.addresses)
+        pending = Allocation(
+            network=config.name,
+            container_id=env.container_id,
+            ifname=env.ifname,
+            netns=env.netns,
+            netns_inode=inode,
+            pod=pod_identity(env),
+            anycast=covered,
+            pod_ips=pod_ips,
+            state="pending",
+            created_at=earlier.created_at if earlier else now,
+            updated_at=now,
         )
-    try:
-        context.loopback.ensure_addresses(env.netns, request.addresses)
-        if earlier is not None:
-            # A repeated ADD with a changed set: drop what is no longer asked for.
-            stale = [address for address in earlier.anycast if address not in request.addresses]
-            context.loopback.delete_addresses(env.netns, stale)
-        with context.store.transaction() as transaction:
-            pending = transaction.get(context.key)
-            assert pending is not None, "pending allocation vanished under the lock"
-            transaction.put(pending.replace(state="committed", updated_at=utc_now()))
-    except BaseException:
-        _undo_add(context, request.addresses, earlier)
-        raise
+        transaction.put(pending)
+        transaction.flush()
+        try:
+            context.loopback.ensure_addresses(env.netns, request.addresses, inode)
+            if earlier is not None:
+                # A repeated ADD with a changed set: drop what is no longer asked for.
+                stale = [address for address in earlier.anycast if address not in request.addresses]
+                _release_addresses(context, transaction, pending, stale)
+            transaction.put(pending.replace(anycast=request.addresses, state="committed", updated_at=utc_now()))
+        except BaseException:
+            _undo_add(context, transaction, pending, request.addresses, earlier)
+            raise
     log.info(
         "ADD %s/%s: %s from %s",
         env.container_id,
@@ -128,27 +148,33 @@ def resolve_anycast(config: NetworkConfig, env: CniEnvironment) -> AnycastReques
     return annotated_anycast(config, env)
 
 
-def _undo_add(context: VerbContext, addresses, earlier: Allocation | None) -> None:
-    """Put ``lo`` and the state file back as they were before this ADD.
+def _undo_add(
+    context: VerbContext,
+    transaction: Transaction,
+    pending: Allocation,
+    added: tuple[IPAddress, ...],
+    earlier: Allocation | None,
+) -> None:
+    """Put ``lo`` and the record back as they were before this ADD; the caller holds the lock.
 
-    Best effort; a failure here is logged and the original error wins. When
-    addresses may still be on ``lo``, the pending record stays so DEL or GC
-    can remove them.
+    Best effort; a failure here is logged and the original error wins. The
+    pending record, which covers every address that may be on ``lo``,
+    stays until the undo is complete, so DEL or GC can always finish it.
     """
-    kept = set(earlier.anycast) if earlier is not None else set()
     try:
-        context.loopback.delete_addresses(context.env.netns, [a for a in addresses if a not in kept])
-    except PodNetnsUnusable:
-        pass  # the namespace could not be entered, so nothing was added to it
-    except Exception:
-        log.exception("rollback of ADD %s failed; DEL or GC will clean up", context.key)
-        return
-    try:
-        with context.store.transaction() as transaction:
-            if earlier is None:
-                transaction.remove(context.key)
-            else:
-                transaction.put(earlier)
+        if earlier is not None and earlier.state == "committed":
+            # The stale part of the earlier set may already be gone.
+            context.loopback.ensure_addresses(pending.netns, earlier.anycast, pending.netns_inode)
+        kept = set(earlier.anycast) if earlier is not None else set()
+        try:
+            _release_addresses(context, transaction, pending, [a for a in added if a not in kept])
+        except PodNetnsUnusable:
+            pass  # the namespace could not be entered, so nothing was added to it
+        if earlier is None:
+            transaction.remove(context.key)
+        else:
+            transaction.put(earlier)
+        transaction.flush()
     except Exception:
         log.exception("rollback of ADD %s failed; DEL or GC will clean up", context.key)
 
@@ -156,17 +182,25 @@ def _undo_add(context: VerbContext, addresses, earlier: Allocation | None) -> No
 def cmd_del(context: VerbContext) -> None:
     """Remove our addresses and the allocation; succeed if already gone.
 
-    Driven by the state file, never by prevResult (0.3.x sends none). With
-    an empty CNI_NETNS the runtime says the namespace is gone, so only the
-    record is dropped.
+    Driven by the state record, never by prevResult (0.3.x sends none) nor
+    by today's CNI_NETNS: the addresses are taken from the namespace
+    recorded at ADD, while that path still names the same namespace. The
+    record is marked ``pending`` before ``lo`` is touched, so a DEL killed
+    half-way never leaves a committed record whose addresses are gone.
+    Addresses another attachment of the same pod still claims stay.
     """
-    record = context.store.get(context.key)
-    if record is None:
-        return
-    netns = context.env.netns
-    if netns_exists(netns):
-        context.loopback.delete_addresses(netns, record.anycast)
+    if context.store.get(context.key) is None:
+        return  # nothing recorded: no lock, no directory created
     with context.store.transaction() as transaction:
+        record = transaction.get(context.key)
+        if record is None:
+            return
+        if record.state != "pending":
+            record = record.replace(state="pending", updated_at=utc_now())
+            transaction.put(record)
+            transaction.flush()
+        if _recorded_netns_alive(context, record):
+            _release_addresses(context, transaction, record, record.anycast)
         transaction.remove(context.key)
     log.info("DEL %s/%s: released %s", context.env.container_id, context.env.ifname, ", ".join(map(str, record.anycast)))
 
@@ -196,7 +230,11 @@ def cmd_check(context: VerbContext) -> None:
             f"allocation for {env.container_id}/{env.ifname} holds {', '.join(map(str, record.anycast))}, "
             f"config requests {', '.join(map(str, request.addresses))}"
         )
-    present = context.loopback.list_addresses(env.netns)
+    if record.netns != env.netns:
+        raise AnycastMissing(
+            f"allocation for {env.container_id}/{env.ifname} is in network namespace {record.netns!r}, not {env.netns!r}"
+        )
+    present = context.loopback.list_addresses(record.netns, record.netns_inode)
     missing = [str(address) for address in request.addresses if (address, host_prefixlen(address)) not in present]
     if missing:
         raise AnycastMissing(f"anycast address missing from lo in {env.netns}: {', '.join(missing)}")
@@ -205,33 +243,105 @@ def cmd_check(context: VerbContext) -> None:
 def cmd_gc(context: VerbContext) -> None:
     """Drop this network's allocations whose attachment the runtime no longer lists.
 
-    Continues past individual failures and reports them together; a record
-    whose cleanup failed stays, so the next GC tries again.
+    Continues past individual failures and reports them together: a record
+    whose cleanup failed stays (``pending``), and so does one that cannot
+    be read, so the next GC tries again. Each stale attachment is released
+    as DEL releases it, under the lock, one after another.
     """
     config = context.config
     valid = config.gc_attachments()
     if valid is None:
         raise InvalidConfig("GC without cni.dev/valid-attachments", "the runtime must list the attachments still in use")
+    snapshot = context.store.read()
+    failures = [
+        f"{name}: {error.msg}"
+        for name, error in sorted(snapshot.unreadable.items())
+        if record_network(name) in (config.name, None)
+    ]
     stale = [
-        item
-        for item in context.store.read().allocations
+        item.key
+        for item in snapshot.allocations
         if item.network == config.name and (item.container_id, item.ifname) not in valid
     ]
-    failures: list[str] = []
-    cleaned: list[AllocationKey] = []
-    for record in stale:
-        try:
-            context.loopback.delete_addresses(record.netns, record.anycast)
-            cleaned.append(record.key)
-        except CniError as exc:
-            failures.append(f"{record.container_id}/{record.ifname}: {exc.msg}")
-    if cleaned:
+    cleaned = 0
+    if stale:
         with context.store.transaction() as transaction:
-            for key in cleaned:
-                transaction.remove(key)
-        log.info("GC removed %d stale allocations", len(cleaned))
+            for key in stale:
+                try:
+                    record = transaction.get(key)
+                    if record is None:
+                        continue
+                    if record.state != "pending":
+                        record = record.replace(state="pending", updated_at=utc_now())
+                        transaction.put(record)
+                        transaction.flush()
+                    if _recorded_netns_alive(context, record):
+                        _release_addresses(context, transaction, record, record.anycast)
+                    transaction.remove(key)
+                    transaction.flush()
+                    cleaned += 1
+                except CniError as exc:
+                    failures.append(f"{key[1]}/{key[2]}: {exc.msg}")
+    if cleaned:
+        log.info("GC removed %d stale allocations", cleaned)
     if failures:
         raise CleanupFailed(f"GC could not clean up {len(failures)} allocations", "; ".join(failures))
+
+
+def _recorded_netns_alive(context: VerbContext, record: Allocation) -> bool:
+    """Whether the namespace recorded at ADD is still at its path (and is a pod's).
+
+    A path that now names something else — nothing, another namespace, a
+    file, the host's namespace — means the recorded namespace is gone for
+    us: its addresses went with it, and nothing else may be touched.
+    """
+    try:
+        inode = context.loopback.identify(record.netns)
+    except PodNetnsUnusable as exc:
+        log.warning("recorded namespace of %s is unusable (%s); leaving it alone", record.key, exc.msg)
+        return False
+    return inode is not None and (record.netns_inode is None or inode == record.netns_inode)
+
+
+def _release_addresses(context: VerbContext, transaction: Transaction, record: Allocation, addresses) -> None:
+    """Remove ``addresses`` from ``record``'s ``lo``, except those another attachment there still claims.
+
+    A pod with two attachments (two networks, each passing the pod's
+    anycast list) holds the addresses once on its one ``lo``; while any
+    other record of that namespace — pending or committed — claims an
+    address, it stays. When another attachment's record cannot be read its
+    claims are unknown, so nothing is removed: an unclaimed address left on
+    a pod's ``lo`` is harmless, a claimed one removed black-holes traffic.
+    The caller holds the lock, so no other exec changes claims meanwhile.
+    """
+    addresses = list(addresses)
+    if not addresses:
+        return
+    siblings, unreadable = transaction.container_siblings(record.key)
+    if unreadable:
+        log.warning(
+            "not removing %s from lo of %s: records %s of the same container cannot be read",
+            ", ".join(map(str, addresses)),
+            record.key,
+            ", ".join(unreadable),
+        )
+        return
+    claimed: set[IPAddress] = set()
+    for sibling in siblings:
+        if _same_netns(sibling, record):
+            claimed.update(sibling.anycast)
+    remove = [address for address in addresses if address not in claimed]
+    context.loopback.delete_addresses(record.netns, remove, record.netns_inode)
+
+
+def _same_netns(one: Allocation, other: Allocation) -> bool:
+    if one.netns_inode is not None and other.netns_inode is not None:
+        return one.netns_inode == other.netns_inode
+    return one.netns == other.netns  # a record written before inodes were
+
+
+def _union(first, second) -> tuple[IPAddress, ...]:
+    return tuple(dict.fromkeys((*first, *second)))
 
 
 def cmd_status(context: VerbContext) -> None:

@@ -4,7 +4,7 @@ Read by netconf.records, which builds pydantic-core validators and serializers
 from them; see netconf/compile_schemas.py for how they are derived.
 """
 
-from netconf.config import CniArgs, ConfigArgs, FlockBlock, NetworkConfig, RuntimeConfig, absolute_path, format_network, parse_pool
+from netconf.config import CniArgs, ConfigArgs, FlockBlock, NetworkConfig, RuntimeConfig, absolute_path, file_path, format_network, parse_pool
 from netconf.results import IPConfig, Interface, Result, Route, check_interface_address
 from netconf.state import Allocation, AllocationFile, LegacyStateDocument, PodRef, format_ip_address, parse_ip_address
 
@@ -66,7 +66,14 @@ SCHEMAS = {
                         'schema': {
                             'type': 'nullable',
                             'schema': {
-                                'type': 'str',
+                                'type': 'function-after',
+                                'function': {
+                                    'type': 'no-info',
+                                    'function': file_path,
+                                },
+                                'schema': {
+                                    'type': 'str',
+                                },
                             },
                         },
                         'default': None,
@@ -117,7 +124,14 @@ SCHEMAS = {
                         'schema': {
                             'type': 'nullable',
                             'schema': {
-                                'type': 'str',
+                                'type': 'function-after',
+                                'function': {
+                                    'type': 'no-info',
+                                    'function': file_path,
+                                },
+                                'schema': {
+                                    'type': 'str',
+                                },
                             },
                         },
                         'default': None,
@@ -390,7 +404,14 @@ SCHEMAS = {
                                         'schema': {
                                             'type': 'nullable',
                                             'schema': {
-                                                'type': 'str',
+                                                'type': 'function-after',
+                                                'function': {
+                                                    'type': 'no-info',
+                                                    'function': file_path,
+                                                },
+                                                'schema': {
+                                                    'type': 'str',
+                                                },
                                             },
                                         },
                                         'default': None,
@@ -441,7 +462,14 @@ SCHEMAS = {
                                         'schema': {
                                             'type': 'nullable',
                                             'schema': {
-                                                'type': 'str',
+                                                'type': 'function-after',
+                                                'function': {
+                                                    'type': 'no-info',
+                                                    'function': file_path,
+                                                },
+                                                'schema': {
+                                                    'type': 'str',
+                                                },
                                             },
                                         },
                                         'default': None,
@@ -1196,6 +1224,21 @@ SCHEMAS = {
                         'type': 'str',
                     },
                 },
+                'netns_inode': {
+                    'type': 'model-field',
+                    'schema': {
+                        'type': 'default',
+                        'schema': {
+                            'type': 'nullable',
+                            'schema': {
+                                'type': 'int',
+                            },
+                        },
+                        'default': None,
+                    },
+                    'validation_alias': 'netnsInode',
+                    'serialization_alias': 'netnsInode',
+                },
                 'pod': {
                     'type': 'model-field',
                     'schema': {
@@ -1407,6 +1450,21 @@ SCHEMAS = {
                                     'schema': {
                                         'type': 'str',
                                     },
+                                },
+                                'netns_inode': {
+                                    'type': 'model-field',
+                                    'schema': {
+                                        'type': 'default',
+                                        'schema': {
+                                            'type': 'nullable',
+                                            'schema': {
+                                                'type': 'int',
+                                            },
+                                        },
+                                        'default': None,
+                                    },
+                                    'validation_alias': 'netnsInode',
+                                    'serialization_alias': 'netnsInode',
                                 },
                                 'pod': {
                                     'type': 'model-field',
@@ -1633,6 +1691,21 @@ SCHEMAS = {
                                         'schema': {
                                             'type': 'str',
                                         },
+                                    },
+                                    'netns_inode': {
+                                        'type': 'model-field',
+                                        'schema': {
+                                            'type': 'default',
+                                            'schema': {
+                                                'type': 'nullable',
+                                                'schema': {
+                                                    'type': 'int',
+                                                },
+                                            },
+                                            'default': None,
+                                        },
+                                        'validation_alias': 'netnsInode',
+                                        'serialization_alias': 'netnsInode',
                                     },
                                     'pod': {
                                         'type': 'model-field',

@@ -20,7 +20,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
-from netconf.config import DEFAULT_ANNOTATION, DEFAULT_STATE_DIR, IPNetwork, absolute_path, format_network, parse_pool
+from netconf.config import (
+    DEFAULT_ANNOTATION,
+    DEFAULT_STATE_DIR,
+    IPNetwork,
+    absolute_path,
+    file_path,
+    format_network,
+    parse_pool,
+)
 from netconf.results import check_interface_address
 from netconf.state import SCHEMA_VERSION, IPAddress, format_ip_address, parse_ip_address
 
@@ -41,13 +49,13 @@ class FlockBlock(BaseModel):
 
     pools: list[Pool] = Field(description="CIDRs every anycast address must fall in; empty allows none.")
     state_dir: Annotated[str, AfterValidator(absolute_path)] = Field(DEFAULT_STATE_DIR, alias="stateDir")
-    kubeconfig: str | None = None
+    kubeconfig: Annotated[str, AfterValidator(file_path)] | None = None
     annotation: str = DEFAULT_ANNOTATION
     api_timeout: float = Field(2.0, alias="apiTimeout", gt=0, le=30)
     # Generous: a burst of pod starts queues on the lock; failing fast (code 11)
     # only makes the runtime retry the whole ADD later.
     lock_timeout: float = Field(30.0, alias="lockTimeout", gt=0, le=120)
-    log_file: str | None = Field(None, alias="logFile")
+    log_file: Annotated[str, AfterValidator(file_path)] | None = Field(None, alias="logFile")
     log_level: Literal["debug", "info", "warning", "error"] = Field("warning", alias="logLevel")
 
 
@@ -144,9 +152,11 @@ class PodRef(BaseModel):
 class Allocation(BaseModel):
     """Anycast addresses put on ``lo`` of one attachment.
 
-    ``pending`` is written before the addresses are added and ``committed``
-    after, so a plugin killed in between leaves a record that DEL and GC
-    know to clean up, and that the reconciler never advertises.
+    ``pending`` means "these addresses may be on ``lo``, do not advertise":
+    written before addresses are added (covering the old and the new set of
+    a re-ADD) and before DEL removes them; ``committed`` once ``lo`` holds
+    exactly ``anycast``. A plugin killed at any point leaves a record that
+    DEL and GC know to clean up, and that the reconciler never advertises.
     """
 
     model_config = ConfigDict(frozen=True, populate_by_name=True)
@@ -155,6 +165,10 @@ class Allocation(BaseModel):
     container_id: str = Field(alias="containerID")
     ifname: str
     netns: str
+    # The namespace's inode at ADD: DEL and GC act on the recorded path only
+    # while it still names the same namespace (paths are reused, inodes
+    # within one boot are not). None in records written before it existed.
+    netns_inode: int | None = Field(None, alias="netnsInode")
     pod: PodRef = Field(default_factory=PodRef)
     anycast: tuple[StoredIPAddress, ...]
     pod_ips: tuple[StoredIPAddress, ...] = Field(alias="podIPs")

@@ -22,20 +22,23 @@ def replace_file(
     mode: int,
     temp_path: str | None = None,
     owner: tuple[int, int] | None = None,
+    dir_fd: int | None = None,
 ) -> None:
     """Put ``payload`` at ``path`` by renaming a fsync'd temp file over it; raises OSError.
 
     ``temp_path`` defaults to ``.<name>.tmp`` beside ``path``; callers that
     hold a lock may share one temp name between files. ``owner`` (uid, gid)
     is applied when the process may (a file BIRD reads as user ``bird``).
-    The temp file is removed if anything fails. Follow with
-    ``fsync_directory`` to make the rename durable.
+    With ``dir_fd``, ``path`` and ``temp_path`` are names inside that
+    directory: no path is resolved again after the caller checked the
+    directory. The temp file is removed if anything fails. Follow with
+    ``fsync_directory`` (or an fsync of ``dir_fd``) to make the rename durable.
     """
     if temp_path is None:
         directory, name = os.path.split(os.path.abspath(path))
         temp_path = os.path.join(directory, f".{name}.tmp")
     # O_NOFOLLOW: a symlink planted at the temp path must not make root write elsewhere.
-    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         try:
             os.write(fd, payload)
@@ -48,10 +51,10 @@ def replace_file(
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp_path, path)
+        os.replace(temp_path, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         try:
-            os.unlink(temp_path)
+            os.unlink(temp_path, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
         raise

@@ -41,8 +41,10 @@ import time
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
 
-from netconf.errors import IOFailure, LockTimeout, StateCorrupt
-from netconf.files import fsync_directory, replace_file
+from stat import S_IMODE, S_ISLNK, S_ISREG, S_ISVTX
+
+from netconf.errors import CniError, IOFailure, LockTimeout, StateCorrupt
+from netconf.files import replace_file
 from netconf.records import Record, validation_error_class
 
 TYPE_CHECKING = False
@@ -145,6 +147,7 @@ def encode_record(allocation: Allocation) -> bytes:
             "containerID": allocation.container_id,
             "ifname": allocation.ifname,
             "netns": allocation.netns,
+            "netnsInode": allocation.netns_inode,
             "pod": {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid},
             "anycast": [format_ip_address(address) for address in allocation.anycast],
             "podIPs": [format_ip_address(address) for address in allocation.pod_ips],
@@ -167,12 +170,19 @@ def _format_time(moment: datetime) -> str:
 
 
 class StateDocument:
-    """A snapshot of every allocation on the node, ordered by key."""
+    """A snapshot of the node: every readable allocation, ordered by key, and the unreadable records.
 
-    __slots__ = ("allocations",)
+    ``unreadable`` maps a record's file name (``record_file_name`` of its
+    key, for a record that once was good) to why it cannot be read.
+    """
 
-    def __init__(self, allocations: list[Allocation] | None = None) -> None:
+    __slots__ = ("allocations", "unreadable")
+
+    def __init__(
+        self, allocations: list[Allocation] | None = None, unreadable: dict[str, CniError] | None = None
+    ) -> None:
         self.allocations = list(allocations or ())
+        self.unreadable = dict(unreadable or {})
 
 
 def record_file_name(key: AllocationKey) -> str:
@@ -192,6 +202,32 @@ def record_file_name(key: AllocationKey) -> str:
     return name
 
 
+def record_network(name: str) -> str | None:
+    """The network name a record file name carries; None for a hashed or foreign name."""
+    if name.startswith("~") or not name.endswith(_RECORD_SUFFIX):
+        return None
+    parts = name[: -len(_RECORD_SUFFIX)].split("+")
+    if len(parts) != 3:
+        return None
+    try:
+        return _unescape(parts[0])
+    except ValueError:
+        return None
+
+
+def _unescape(part: str) -> str:
+    out = bytearray()
+    index = 0
+    while index < len(part):
+        if part[index] == "%":
+            out.append(int(part[index + 1 : index + 3], 16))
+            index += 3
+        else:
+            out += part[index].encode()
+            index += 1
+    return out.decode()
+
+
 def _escape(part: str) -> str:
     out = []
     for index, byte in enumerate(part.encode()):
@@ -207,11 +243,15 @@ class Transaction:
     """A locked read-modify-write of some records; see StateStore.transaction.
 
     Only the records asked for are read, so a transaction costs the same
-    with one pod on the node or a thousand.
+    with one pod on the node or a thousand. ``flush`` makes the changes so
+    far durable without giving up the lock: a verb records what it is about
+    to do (``pending``) before it touches the pod, and finishes under the
+    same lock, so two execs for one attachment never interleave.
     """
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, directories: _Directories) -> None:
         self._store = store
+        self._directories = directories
         self._seen: dict[AllocationKey, Allocation | None] = {}
         self._changes: dict[AllocationKey, Allocation | None] = {}
 
@@ -224,7 +264,7 @@ class Transaction:
         if key in self._changes:
             return self._changes[key]
         if key not in self._seen:
-            self._seen[key] = self._store.get(key)
+            self._seen[key] = self._store._get(self._directories, key)
         return self._seen[key]
 
     def put(self, allocation: Allocation) -> None:
@@ -237,16 +277,87 @@ class Transaction:
         self._changes[allocation.key] = allocation
 
     def remove(self, key: AllocationKey) -> None:
+        """Remove the record at commit; only a record that decoded is ever removed."""
         if self.get(key) is not None:
             self._changes[key] = None
+
+    def flush(self) -> None:
+        """Write the changes so far now, keeping the lock; raises IOFailure."""
+        if self._changes:
+            self._store._commit(self._directories, self._changes)
+            self._seen.update(self._changes)
+            self._changes = {}
+
+    def container_siblings(self, key: AllocationKey) -> tuple[list[Allocation], list[str]]:
+        """Other attachments of ``key``'s container ID, in any network: (records, unreadable names).
+
+        A pod with several attachments (Multus, podman with two networks)
+        has one ``lo`` and one container ID (the runtime's sandbox ID) for
+        all of them, so only records whose file name carries the same
+        container ID are read: the cost grows with the attachments of this
+        pod, not with the pods of the node. Names too long for the file
+        system (hashed) are read too, since their key is only inside.
+        """
+        wanted = _escape(key[1])
+        own = record_file_name(key)
+        found: list[Allocation] = []
+        unreadable: list[str] = []
+        for name in self._store._list_record_names(self._directories):
+            if name == own:
+                continue
+            if not name.startswith("~"):
+                parts = name[: -len(_RECORD_SUFFIX)].split("+")
+                if len(parts) != 3 or parts[1] != wanted:
+                    continue
+            try:
+                record = self._store._read_named(self._directories, name)
+            except CniError:
+                unreadable.append(name)
+                continue
+            if record is None or record.container_id != key[1] or record.key == key:
+                continue
+            record = self._changes.get(record.key, record)  # this transaction's own change wins
+            if record is not None:
+                found.append(record)
+        return found, unreadable
+
+
+class _Directories:
+    """Descriptors of the state directory and ``allocations/``, checked when opened.
+
+    Every file of the store is opened relative to these, without following
+    symbolic links, so a path component swapped after the check cannot
+    redirect root's reads and writes.
+    """
+
+    __slots__ = ("state_fd", "records_fd")
+
+    def __init__(self, state_fd: int, records_fd: int) -> None:
+        self.state_fd = state_fd
+        self.records_fd = records_fd
+
+    def close(self) -> None:
+        for fd in (self.records_fd, self.state_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.state_fd = self.records_fd = -1
 
 
 class StateStore:
     """The state directory of one node.
 
     Raises StateCorrupt (code 5) for an unreadable record, IOFailure
-    (code 5) when the directory or lock cannot be used, and LockTimeout
-    (code 11) when another writer holds the lock past ``lock_timeout``.
+    (code 5) when the directory or lock cannot be used or cannot be
+    trusted, and LockTimeout (code 11) when another writer holds the lock
+    past ``lock_timeout``.
+
+    Trust: the state directory, ``allocations/`` and ``state.lock`` must be
+    owned by this process's user and writable by no one else, and every
+    directory above the state directory must be owned by root (or this
+    user) and not writable by others unless it is sticky (``/tmp``):
+    otherwise another user could swap a path under root's feet, or hold
+    the lock and stall every pod start. Anything else is refused with a
+    message saying what to fix; nothing is repaired silently.
     """
 
     def __init__(self, state_dir: str, lock_timeout: float = 5.0) -> None:
@@ -255,57 +366,77 @@ class StateStore:
         self.lock_path = os.path.join(state_dir, LOCK_FILE)
         self.legacy_path = os.path.join(state_dir, LEGACY_STATE_FILE)
         self.lock_timeout = lock_timeout
-        # read() remembers each record it decoded by file name, with the
-        # file's (inode, size, mtime): writers replace a record by renaming
-        # a new file over it, so an unchanged signature is an unchanged
-        # record. The reconciler reads every record on every pass; this
-        # keeps a pass over 10,000 unchanged records to one stat each.
-        self._decoded: dict[str, tuple[tuple[int, int, int], Allocation]] = {}
+        # read() remembers each record file it decoded (or failed to decode)
+        # by name, with the file's (inode, size, mtime): writers replace a
+        # record by renaming a new file over it, so an unchanged signature
+        # is an unchanged record. The reconciler reads every record on every
+        # pass; this keeps a pass over 10,000 unchanged records — or 50,000
+        # junk files — to one stat each.
+        self._decoded: dict[str, tuple[tuple[int, int, int], Allocation | CniError]] = {}
 
     def path_of(self, key: AllocationKey) -> str:
         return os.path.join(self.allocations_dir, record_file_name(key))
 
+    # -- readers (no lock) -------------------------------------------------------
+
     def get(self, key: AllocationKey) -> Allocation | None:
         """One attachment's allocation, without the lock (records are replaced atomically)."""
-        if os.path.exists(self.legacy_path):
-            return next((item for item in self._read_legacy() if item.key == key), None)
-        raw = self._read_bytes(self.path_of(key))
-        if raw is None:
+        directories = self._open(create=False)
+        if directories is None:
             return None
-        return self._decode(raw, self.path_of(key), key)
+        try:
+            return self._get(directories, key)
+        finally:
+            directories.close()
 
     def read(self) -> StateDocument:
-        """A snapshot of every allocation, without the lock.
+        """A snapshot of every readable allocation, without the lock.
 
-        Each record is consistent on its own; records written while the
+        A record that cannot be read (corrupt, unknown schema version, not a
+        regular file) does not stop the others: it is listed in
+        ``unreadable`` by file name with its error. Raises IOFailure only
+        when the directory itself cannot be used. Records written while the
         directory is listed may or may not be in it, which a level-triggered
         reader (the reconciler) catches on its next pass.
         """
-        if os.path.exists(self.legacy_path):
-            # Not migrated yet: the legacy document is the whole truth (see migrate_legacy).
-            return StateDocument(sorted(self._read_legacy(), key=lambda item: item.key))
-        found: dict[AllocationKey, Allocation] = {}
-        decoded: dict[str, tuple[tuple[int, int, int], Allocation]] = {}
+        directories = self._open(create=False)
+        if directories is None:
+            return StateDocument()
         try:
-            with os.scandir(self.allocations_dir) as entries:
-                for entry in entries:
-                    if entry.name.startswith(".") or not entry.name.endswith(_RECORD_SUFFIX):
-                        continue  # temp files of writers
-                    if not entry.is_file(follow_symlinks=False):
-                        continue  # only writers' regular files are records
-                    record = self._read_record(entry)
-                    if record is not None:
-                        decoded[entry.name] = record
-                        found[record[1].key] = record[1]
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise IOFailure(f"cannot list state directory {self.allocations_dir}", repr(exc)) from exc
-        self._decoded = decoded
-        return StateDocument([found[key] for key in sorted(found)])
+            if self._legacy_exists(directories):
+                # Not migrated yet: the legacy document is the whole truth (see migrate_legacy).
+                return StateDocument(sorted(self._read_legacy(directories), key=lambda item: item.key))
+            return self._read_records(directories)
+        finally:
+            directories.close()
 
-    def _read_record(self, entry: os.DirEntry) -> tuple[tuple[int, int, int], Allocation] | None:
-        """The record of one directory entry, or None if it was removed since the listing."""
+    def _read_records(self, directories: _Directories) -> StateDocument:
+        found: dict[AllocationKey, Allocation] = {}
+        unreadable: dict[str, CniError] = {}
+        decoded: dict[str, tuple[tuple[int, int, int], Allocation | CniError]] = {}
+        try:
+            with os.scandir(directories.records_fd) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith(".") or not name.endswith(_RECORD_SUFFIX):
+                        continue  # the writers' temp file
+                    outcome = self._read_entry(directories, entry)
+                    if outcome is None:
+                        continue
+                    decoded[name] = outcome
+                    if isinstance(outcome[1], CniError):
+                        unreadable[name] = outcome[1]
+                    else:
+                        found[outcome[1].key] = outcome[1]
+        except OSError as exc:
+            raise IOFailure(f"cannot list state directory {self.allocations_dir}", os.strerror(exc.errno or 0)) from exc
+        self._decoded = decoded
+        return StateDocument([found[key] for key in sorted(found)], unreadable)
+
+    def _read_entry(
+        self, directories: _Directories, entry: os.DirEntry
+    ) -> tuple[tuple[int, int, int], Allocation | CniError] | None:
+        """The record (or its error) of one directory entry; None if it went away since the listing."""
         try:
             info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
@@ -314,55 +445,136 @@ class StateStore:
         known = self._decoded.get(entry.name)
         if known is not None and known[0] == signature:
             return known
-        raw = self._read_bytes(entry.path)
+        try:
+            allocation = self._read_named(directories, entry.name)
+        except CniError as exc:
+            return signature, exc
+        return None if allocation is None else (signature, allocation)
+
+    def _read_named(self, directories: _Directories, name: str) -> Allocation | None:
+        """The record in file ``name``, checked against its name; None if there is none."""
+        path = os.path.join(self.allocations_dir, name)
+        raw = _read_regular_file(directories.records_fd, name, path, "state record")
         if raw is None:
             return None
-        allocation = self._decode(raw, entry.path, None)
-        if record_file_name(allocation.key) != entry.name:
+        allocation = self._decode(raw, path, None)
+        if record_file_name(allocation.key) != name:
             raise StateCorrupt(
-                f"state record {entry.path} holds the allocation of {allocation.key}, not of its file name",
+                f"state record {path} holds the allocation of {allocation.key}, not of its file name",
                 "renamed by hand? move it back to " + record_file_name(allocation.key),
             )
-        return signature, allocation
+        return allocation
+
+    def _get(self, directories: _Directories, key: AllocationKey) -> Allocation | None:
+        if self._legacy_exists(directories):
+            return next((item for item in self._read_legacy(directories) if item.key == key), None)
+        name = record_file_name(key)
+        path = os.path.join(self.allocations_dir, name)
+        raw = _read_regular_file(directories.records_fd, name, path, "state record")
+        if raw is None:
+            return None
+        return self._decode(raw, path, key)
+
+    def _list_record_names(self, directories: _Directories) -> list[str]:
+        try:
+            names = os.listdir(directories.records_fd)
+        except OSError as exc:
+            raise IOFailure(f"cannot list state directory {self.allocations_dir}", os.strerror(exc.errno or 0)) from exc
+        return [name for name in names if name.endswith(_RECORD_SUFFIX) and not name.startswith(".")]
+
+    # -- writers (under the lock) --------------------------------------------------
 
     def transaction(self) -> _TransactionContext:
         """Lock, yield a Transaction, and write the records it changed.
 
-        An exception inside the block writes nothing.
+        An exception inside the block writes nothing more (what ``flush``
+        wrote stays written).
         """
         return _TransactionContext(self)
 
     def ensure_directory(self) -> None:
-        try:
-            # Both levels 0700 (makedirs gives intermediate levels the umask's mode).
-            for directory in (self.state_dir, self.allocations_dir):
-                os.makedirs(directory, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise IOFailure(f"cannot create state directory {self.allocations_dir}", repr(exc)) from exc
+        """Create the state directory and ``allocations/`` (0700) if missing; raises IOFailure."""
+        directories = self._open(create=True)
+        if directories is not None:
+            directories.close()
 
     def probe(self) -> None:
-        """Check that an ADD could be served: directories writable, lock usable, legacy file readable.
+        """Check that an ADD could be served: directories trusted and writable, lock usable, legacy file readable.
 
         Records are not read: a corrupt one blocks only its own attachment,
         so it must not make the node refuse every new pod.
         """
-        self.ensure_directory()
-        for directory in (self.state_dir, self.allocations_dir):
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise IOFailure(f"state directory {directory} is not writable")
-        os.close(self._lock())
-        if os.path.exists(self.legacy_path):
-            self._read_legacy()  # the next transaction migrates it
+        directories = self._open(create=True)
+        assert directories is not None  # create=True opens or raises
+        try:
+            for fd, directory in ((directories.state_fd, self.state_dir), (directories.records_fd, self.allocations_dir)):
+                if not os.access(f"/proc/self/fd/{fd}", os.W_OK | os.X_OK):
+                    raise IOFailure(f"state directory {directory} is not writable")
+            os.close(self._lock(directories))
+            if self._legacy_exists(directories):
+                self._read_legacy(directories)  # the next transaction migrates it
+        finally:
+            directories.close()
 
-    def _lock(self) -> int:
+    def _open(self, create: bool) -> _Directories | None:
+        """Open and check the state directory and ``allocations/``; None if absent and not ``create``."""
+        _check_ancestors(self.state_dir)
+        if create:
+            try:
+                # Missing levels are created 0700; an existing one is judged below.
+                os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+            except FileExistsError:
+                pass  # a dangling symlink or a file: the open below says which
+            except OSError as exc:
+                raise IOFailure(f"cannot create state directory {self.state_dir}", os.strerror(exc.errno or 0)) from exc
+        state_fd = _open_private_directory(self.state_dir, None, self.state_dir)
+        if state_fd is None:
+            if create:
+                raise IOFailure(f"state directory {self.state_dir} vanished while being created")
+            return None
+        try:
+            if create:
+                try:
+                    os.mkdir(ALLOCATIONS_DIR, 0o700, dir_fd=state_fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise IOFailure(
+                        f"cannot create state directory {self.allocations_dir}", os.strerror(exc.errno or 0)
+                    ) from exc
+            records_fd = _open_private_directory(ALLOCATIONS_DIR, state_fd, self.allocations_dir)
+        except BaseException:
+            os.close(state_fd)
+            raise
+        if records_fd is None:
+            if create:
+                os.close(state_fd)
+                raise IOFailure(f"state directory {self.allocations_dir} vanished while being created")
+            # A node where only state.json (flock 0.1) or nothing exists yet.
+            records_fd = -1
+        return _Directories(state_fd, records_fd)
+
+    def _lock(self, directories: _Directories) -> int:
         """Open and take the writers' lock; closing the descriptor releases it."""
         try:
             # O_NOFOLLOW: a symlink planted at the lock path must not make
-            # root create or truncate a file elsewhere.
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            # root create or truncate a file elsewhere. O_NONBLOCK: a FIFO
+            # there must not hang the plugin.
+            fd = os.open(
+                LOCK_FILE,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o600,
+                dir_fd=directories.state_fd,
+            )
         except OSError as exc:
-            raise IOFailure(f"cannot open lock file {self.lock_path}", repr(exc)) from exc
+            raise IOFailure(f"cannot use lock file {self.lock_path}: {_refusal_reason(exc)}") from exc
         try:
+            info = os.fstat(fd)
+            if not S_ISREG(info.st_mode):
+                raise IOFailure(f"lock file {self.lock_path} is not a regular file; refusing to use it")
+            # Anyone who can open the lock can hold it (flock needs no write
+            # access) and stall every pod start on the node.
+            _require_private(info, f"lock file {self.lock_path}", 0o077)
             self._acquire(fd)
         except BaseException:
             os.close(fd)
@@ -388,15 +600,6 @@ class StateStore:
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.02)
 
-    def _read_bytes(self, path: str) -> bytes | None:
-        try:
-            with open(path, "rb") as handle:
-                return handle.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise IOFailure(f"cannot read state record {path}", repr(exc)) from exc
-
     def _decode(self, raw: bytes, path: str, key: AllocationKey | None) -> Allocation:
         try:
             # The common case in one pass, parsed and validated by pydantic-core.
@@ -420,15 +623,15 @@ class StateStore:
         """
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise StateCorrupt(
                 f"state record {path} is not valid JSON; refusing to touch it",
-                f"{exc}; move it aside after checking the pod it describes",
+                f"{str(exc)[:200]}; move it aside after checking the pod it describes",
             ) from exc
         if not isinstance(data, dict) or data.get("version") != SCHEMA_VERSION:
             found = data.get("version") if isinstance(data, dict) else type(data).__name__
             raise StateCorrupt(
-                f"state record {path} has schema version {found!r}, this flock reads version {SCHEMA_VERSION}",
+                f"state record {path} has schema version {repr(found)[:80]}, this flock reads version {SCHEMA_VERSION}",
                 "written by a different flock release; upgrade or downgrade to match",
             )
         try:
@@ -439,8 +642,17 @@ class StateStore:
                 str(exc),
             ) from exc
 
-    def _read_legacy(self) -> list[Allocation]:
-        raw = self._read_bytes(self.legacy_path)
+    def _legacy_exists(self, directories: _Directories) -> bool:
+        try:
+            os.stat(LEGACY_STATE_FILE, dir_fd=directories.state_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise IOFailure(f"cannot look for {self.legacy_path}", os.strerror(exc.errno or 0)) from exc
+        return True
+
+    def _read_legacy(self, directories: _Directories) -> list[Allocation]:
+        raw = _read_regular_file(directories.state_fd, LEGACY_STATE_FILE, self.legacy_path, "state file")
         if raw is None:
             return []
         try:
@@ -451,7 +663,7 @@ class StateStore:
                 str(exc),
             ) from exc
 
-    def migrate_legacy(self) -> None:
+    def migrate_legacy(self, directories: _Directories) -> None:
         """Move flock 0.1's ``state.json`` into record files; the caller holds the lock.
 
         While ``state.json`` exists it is the whole truth: either nothing was
@@ -459,58 +671,51 @@ class StateStore:
         file) and upgraded again, leaving records that 0.1 never saw
         change. So every record becomes what the document says, records it
         does not list are removed, and the document is kept as
-        ``state.json.v1`` (for another downgrade: rename it back). A crash
-        half-way is repaired by the next transaction doing the same again.
+        ``state.json.v1`` (for another downgrade: rename it back). Only
+        files that decode as records are removed: the store never deletes a
+        file it did not write. A crash half-way is repaired by the next
+        transaction doing the same again.
         """
-        allocations = {allocation.key: allocation for allocation in self._read_legacy()}
+        allocations = {allocation.key: allocation for allocation in self._read_legacy(directories)}
         for allocation in allocations.values():
-            self._write_record(allocation)
-        try:
-            names = os.listdir(self.allocations_dir)
-        except OSError as exc:
-            raise IOFailure(f"cannot list state directory {self.allocations_dir}", repr(exc)) from exc
+            self._write_record(directories, allocation)
         wanted = {record_file_name(key) for key in allocations}
-        for name in names:
-            if name.endswith(_RECORD_SUFFIX) and not name.startswith(".") and name not in wanted:
-                try:
-                    os.unlink(os.path.join(self.allocations_dir, name))
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    raise IOFailure(f"cannot remove stale state record {name}", repr(exc)) from exc
-        self._sync_directory(self.allocations_dir)
+        for name in self._list_record_names(directories):
+            if name in wanted:
+                continue
+            try:
+                if self._read_named(directories, name) is None:
+                    continue
+            except CniError:
+                continue  # not a record this store wrote: leave it for a person to judge
+            _unlink_record(directories, name, os.path.join(self.allocations_dir, name))
+        _sync(directories.records_fd, self.allocations_dir)
         try:
-            os.replace(self.legacy_path, self.legacy_path + LEGACY_MIGRATED_SUFFIX)
+            os.replace(
+                LEGACY_STATE_FILE,
+                LEGACY_STATE_FILE + LEGACY_MIGRATED_SUFFIX,
+                src_dir_fd=directories.state_fd,
+                dst_dir_fd=directories.state_fd,
+            )
         except OSError as exc:
-            raise IOFailure(f"cannot move {self.legacy_path} aside after migrating it", repr(exc)) from exc
-        self._sync_directory(self.state_dir)
+            raise IOFailure(f"cannot move {self.legacy_path} aside after migrating it", os.strerror(exc.errno or 0)) from exc
+        _sync(directories.state_fd, self.state_dir)
 
-    def commit(self, changes: dict[AllocationKey, Allocation | None]) -> None:
+    def _commit(self, directories: _Directories, changes: dict[AllocationKey, Allocation | None]) -> None:
         """Write or remove the changed records; the caller holds the lock."""
         for key, allocation in changes.items():
             if allocation is None:
-                try:
-                    os.unlink(self.path_of(key))
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    raise IOFailure(f"cannot remove state record {self.path_of(key)}", repr(exc)) from exc
+                _unlink_record(directories, record_file_name(key), self.path_of(key))
             else:
-                self._write_record(allocation)
-        self._sync_directory(self.allocations_dir)
+                self._write_record(directories, allocation)
+        _sync(directories.records_fd, self.allocations_dir)
 
-    def _write_record(self, allocation: Allocation) -> None:
-        path = self.path_of(allocation.key)
+    def _write_record(self, directories: _Directories, allocation: Allocation) -> None:
+        name = record_file_name(allocation.key)
         try:
-            replace_file(path, encode_record(allocation), mode=0o600, temp_path=os.path.join(self.allocations_dir, _TEMP_NAME))
+            replace_file(name, encode_record(allocation), mode=0o600, temp_path=_TEMP_NAME, dir_fd=directories.records_fd)
         except OSError as exc:
-            raise IOFailure(f"cannot write state record {path}", repr(exc)) from exc
-
-    def _sync_directory(self, directory: str) -> None:
-        try:
-            fsync_directory(directory)
-        except OSError as exc:
-            raise IOFailure(f"cannot sync state directory {directory}", repr(exc)) from exc
+            raise IOFailure(f"cannot write state record {self.path_of(allocation.key)}", os.strerror(exc.errno or 0)) from exc
 
 
 class _TransactionContext:
@@ -518,25 +723,28 @@ class _TransactionContext:
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
+        self._directories: _Directories | None = None
         self._fd = -1
 
     def __enter__(self) -> Transaction:
-        self._store.ensure_directory()
-        self._fd = self._store._lock()
+        directories = self._store._open(create=True)
+        assert directories is not None  # create=True opens or raises
+        self._directories = directories
         try:
-            if os.path.exists(self._store.legacy_path):
-                self._store.migrate_legacy()
+            self._fd = self._store._lock(directories)
+            if self._store._legacy_exists(directories):
+                self._store.migrate_legacy(directories)
         except BaseException:
             self._release()
             raise
-        self._transaction = Transaction(self._store)
+        self._transaction = Transaction(self._store, directories)
         return self._transaction
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
         try:
             changes = self._transaction.changes
             if exc_type is None and changes:
-                self._store.commit(changes)
+                self._store._commit(self._directories, changes)  # type: ignore[arg-type]
         finally:
             self._release()
         return False
@@ -545,3 +753,144 @@ class _TransactionContext:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._directories is not None:
+            self._directories.close()
+            self._directories = None
+
+
+# -- checked opens -----------------------------------------------------------------
+
+_LARGEST_RECORD = 1 << 20  # a record is ~600 bytes; anything near this is not ours
+
+
+def _check_ancestors(state_dir: str) -> None:
+    """Refuse a state directory below a directory another user could rewrite; raises IOFailure.
+
+    Symbolic links among the ancestors (``/var/run`` → ``/run``) are fine:
+    what is checked is where they lead. A world-writable directory is fine
+    when sticky (``/tmp``): others cannot rename or remove what is ours.
+    """
+    euid = os.geteuid()
+    current = os.path.realpath(os.path.dirname(state_dir))
+    while True:
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            pass  # created below, 0700
+        except OSError as exc:
+            raise IOFailure(f"cannot check state directory parent {current}", os.strerror(exc.errno or 0)) from exc
+        else:
+            if info.st_uid not in (0, euid):
+                raise IOFailure(
+                    f"state directory {state_dir} is below {current}, owned by uid {info.st_uid}; refusing to use it",
+                    "another user could replace the state directory: choose a stateDir below root-owned directories",
+                )
+            if info.st_mode & 0o022 and not info.st_mode & S_ISVTX:
+                raise IOFailure(
+                    f"state directory {state_dir} is below {current}, which others can write "
+                    f"(mode {S_IMODE(info.st_mode):04o}); refusing to use it",
+                    "another user could replace the state directory: remove group/other write or set the sticky bit",
+                )
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
+
+
+def _open_private_directory(name: str, dir_fd: int | None, path: str) -> int | None:
+    """A descriptor of a directory of ours, not a symlink, that only we can write; None if absent."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        reason = _refusal_reason(exc)
+        if exc.errno == errno.ENOTDIR and _is_symlink(name, dir_fd):
+            reason = _refusal_reason(OSError(errno.ELOOP, ""))
+        raise IOFailure(f"cannot use state directory {path}: {reason}") from exc
+    try:
+        _require_private(os.fstat(fd), f"state directory {path}", 0o022)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _require_private(info: os.stat_result, what: str, forbidden_bits: int) -> None:
+    if info.st_uid != os.geteuid():
+        raise IOFailure(
+            f"{what} is owned by uid {info.st_uid}, not by uid {os.geteuid()} running flock; refusing to use it",
+            "the state directory must be flock's own: chown it or choose another stateDir",
+        )
+    if info.st_mode & forbidden_bits:
+        raise IOFailure(
+            f"{what} has mode {S_IMODE(info.st_mode):04o}; refusing to use it",
+            f"other users must not be able to {'write' if forbidden_bits == 0o022 else 'open'} it: "
+            f"chmod {'go-w' if forbidden_bits == 0o022 else '600'}",
+        )
+
+
+def _refusal_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link; flock follows none in its state directory"
+    if exc.errno == errno.ENOTDIR:
+        return "it is not a directory"
+    return os.strerror(exc.errno or 0)
+
+
+def _is_symlink(name: str, dir_fd: int | None) -> bool:
+    try:
+        return S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _read_regular_file(dir_fd: int, name: str, path: str, what: str) -> bytes | None:
+    """The bytes of regular file ``name`` below ``dir_fd``; None if absent.
+
+    Never follows a symbolic link (whose target would leak into error
+    details) and never blocks: a FIFO opens at once with O_NONBLOCK and is
+    refused by its type. Raises StateCorrupt or IOFailure.
+    """
+    if dir_fd < 0:
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateCorrupt(f"{what} {path} is a symbolic link; refusing to follow it", "move it aside") from exc
+        raise IOFailure(f"cannot read {what} {path}", os.strerror(exc.errno or 0)) from exc
+    try:
+        info = os.fstat(fd)
+        if not S_ISREG(info.st_mode):
+            raise StateCorrupt(f"{what} {path} is not a regular file; refusing to read it", "move it aside")
+        if info.st_size > _LARGEST_RECORD:
+            raise StateCorrupt(f"{what} {path} is {info.st_size} bytes, far larger than a record", "move it aside")
+        chunks = []
+        while True:
+            chunk = os.read(fd, _LARGEST_RECORD + 1)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError as exc:
+        raise IOFailure(f"cannot read {what} {path}", os.strerror(exc.errno or 0)) from exc
+    finally:
+        os.close(fd)
+
+
+def _unlink_record(directories: _Directories, name: str, path: str) -> None:
+    try:
+        os.unlink(name, dir_fd=directories.records_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise IOFailure(f"cannot remove state record {path}", os.strerror(exc.errno or 0)) from exc
+
+
+def _sync(fd: int, directory: str) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise IOFailure(f"cannot sync state directory {directory}", os.strerror(exc.errno or 0)) from exc

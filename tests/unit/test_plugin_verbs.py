@@ -126,10 +126,10 @@ def test_gc_continues_past_failures_and_reports_them_together(tmp_path):
     failing = fake_loopback()
     failing.addresses = loopback.addresses
 
-    def delete(netns, addresses):
+    def delete(netns, addresses, inode=None):
         if ipaddress.ip_address("192.0.2.98") in addresses:
             raise NetlinkFailure("cannot remove 192.0.2.98")
-        FakePodLoopback.delete_addresses(failing, netns, addresses)
+        FakePodLoopback.delete_addresses(failing, netns, addresses, inode)
 
     failing.delete_addresses = delete
     with pytest.raises(CleanupFailed, match="1 allocations") as raised:

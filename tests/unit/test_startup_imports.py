@@ -14,9 +14,9 @@ way a runtime execs the plugin and reading which modules got imported:
   (``core_schema``, typing_extensions, decimal, uuid);
 * a DEL of an attachment the state file does not know loads no netlink.
 
-The pod "netns" of ADD, CHECK and DEL is a regular file: the plugin gets
-all the way to setns(), which the kernel refuses (EINVAL, not a namespace),
-so nothing in any namespace changes, with or without root.
+The pod netns of ADD, CHECK and DEL is a real, throwaway namespace (root
+only: the plugin refuses any path that is no network namespace before it
+loads the netlink code, so a stand-in file would not get that far).
 """
 
 from __future__ import annotations
@@ -98,10 +98,11 @@ def loaded(modules: set[str], prefix: str) -> list[str]:
 
 
 @pytest.fixture
-def lab(tmp_path):
-    """A state dir, a fake pod netns (a regular file) and the env/config for one attachment."""
-    fake_netns = tmp_path / "not-a-netns"
-    fake_netns.write_bytes(b"")
+def lab(tmp_path, request):
+    """A state dir, a pod netns and the env/config for one attachment."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a pod network namespace")
+    fake_netns = request.getfixturevalue("make_netns")("imports").path
     state_dir = tmp_path / "state"
     env = {"CNI_CONTAINERID": "startup1", "CNI_NETNS": str(fake_netns), "CNI_IFNAME": "eth0", "CNI_ARGS": f"FLOCK_ANYCAST={ANYCAST}"}
     config = {
@@ -147,9 +148,7 @@ def test_version_imports_no_pydantic_netlink_state_or_logging():
 
 def test_add_uses_only_rtnetlink_message_classes(lab):
     modules, completed = imported_modules("ADD", lab["stdin"], lab["env"])
-    # setns() into a regular file is refused: code 103, after the imports happened.
-    assert completed.returncode == 1
-    assert json.loads(completed.stdout)["code"] == 103, completed.stdout
+    assert completed.returncode == 0, completed.stdout
     for used in PYROUTE2_USED:
         assert used in modules, f"ADD did not reach the netlink adapter ({used} missing)"
     for heavy in PYROUTE2_NEVER + PYDANTIC_NEVER:
@@ -160,7 +159,10 @@ def test_add_uses_only_rtnetlink_message_classes(lab):
 def test_del_and_check_use_only_rtnetlink_message_classes(lab, command):
     committed_record(lab)
     modules, completed = imported_modules(command, lab["stdin"], lab["env"])
-    assert json.loads(completed.stdout)["code"] == 103, completed.stdout
+    if command == "CHECK":  # the record says committed, but the addresses were never added
+        assert json.loads(completed.stdout)["code"] == 105, completed.stdout
+    else:
+        assert completed.returncode == 0 and completed.stdout == b"", completed.stdout
     for used in PYROUTE2_USED:
         assert used in modules, f"{command} did not reach the netlink adapter ({used} missing)"
     for heavy in PYROUTE2_NEVER + PYDANTIC_NEVER:

@@ -40,7 +40,7 @@ class RecordingSocket:
         self.lo_flags = lo_flags
         self.addresses = addresses
 
-    def __call__(self, netns_path: str) -> RecordingSocket:
+    def __call__(self, netns_path: str, inode=None) -> RecordingSocket:
         return self
 
     def __enter__(self) -> RecordingSocket:
@@ -132,14 +132,22 @@ def test_missing_netns_is_refused_before_any_socket(tmp_path):
     assert recorder.sent == []
 
 
-def test_socket_in_a_file_that_is_no_netns_is_refused_without_switching(tmp_path):
-    from cni_plugin.rtnl import socket_in_netns
+@pytest.mark.parametrize(
+    "path, reason",
+    [
+        ("not-a-netns", "not a network namespace file"),
+        ("/proc/self/ns/net", "the network namespace flock-anycast runs in"),
+        ("/proc/self/ns/uts", "not a network namespace"),
+    ],
+)
+def test_socket_in_a_path_that_is_no_pod_netns_is_refused_without_switching(tmp_path, path, reason):
+    from cni_plugin.rtnl import NamespaceRefused, socket_in_netns
 
     fake = tmp_path / "not-a-netns"
     fake.write_bytes(b"")
     before = os.readlink("/proc/thread-self/ns/net")
-    with pytest.raises(OSError):
-        socket_in_netns(str(fake), 16, 2, 0)  # AF_NETLINK, SOCK_DGRAM, NETLINK_ROUTE
+    with pytest.raises(NamespaceRefused, match=reason):
+        socket_in_netns(str(tmp_path / path), 16, 2, 0)  # AF_NETLINK, SOCK_DGRAM, NETLINK_ROUTE
     assert os.readlink("/proc/thread-self/ns/net") == before
 
 
