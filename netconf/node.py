@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from netconf.config import DEFAULT_STATE_DIR
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _Strict(BaseModel):
@@ -95,6 +96,10 @@ class BirdSettings(_Strict):
     config_file: str = Field("/etc/bird/bird.conf", alias="configFile")
     timeout: float = Field(5.0, gt=0)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    # While BIRD is unreachable, how often to try connecting to its socket,
+    # independent of the retry back-off: a restarted BIRD is re-applied at
+    # once instead of when the back-off timer happens to fire.
+    probe_interval: float = Field(0.5, alias="probeInterval", gt=0, le=60)
 
     @field_validator("include_file", "config_file")
     @classmethod
@@ -178,7 +183,18 @@ class HttpSettings(_Strict):
 
 
 class NodeConfig(_Strict):
+    """The whole node config.
+
+    ``pools``: the anycast networks this node may route and advertise — the
+    same list as the plugin's ``flock.pools``. Required, with no default: a
+    default of "everything" would let any record reach the fabric, and a
+    default of "nothing" would withdraw every pod of a node upgraded without
+    it; refusing to start (exit 2, routes and BIRD's export left in place)
+    is the one choice that neither leaks nor drops traffic.
+    """
+
     node_name: str = Field(alias="nodeName", min_length=1)
+    pools: tuple[IPNetwork, ...] = Field(min_length=1)
     state_dir: str = Field(DEFAULT_STATE_DIR, alias="stateDir")
     readiness: ReadinessSettings = Field(default_factory=ReadinessSettings)
     routes: RouteSettings = Field(default_factory=RouteSettings)
@@ -190,6 +206,21 @@ class NodeConfig(_Strict):
     bgp: BgpSettings | None = None
     http: HttpSettings = Field(default_factory=HttpSettings)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="logLevel")
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _pools_are_networks(cls, value: Any) -> Any:
+        # A pool with host bits (192.0.2.1/24) is a typo for an address or a
+        # network: refuse it rather than guess which, naming the entry.
+        if isinstance(value, (list, tuple)):
+            for entry in value:
+                if not isinstance(entry, str):
+                    raise ValueError(f"pool {entry!r} must be a CIDR string such as 192.0.2.0/24")
+                try:
+                    ipaddress.ip_network(entry, strict=True)
+                except ValueError as exc:
+                    raise ValueError(f"pool {entry!r} is not a network: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _managed_needs_bgp(self) -> NodeConfig:

@@ -6,8 +6,11 @@ lives in ``reconciler.bird_control``; this module sequences them safely:
 
 1. nothing to do if the set equals the one BIRD last confirmed and the files
    on disk still hold its bytes — no connection, no write, no ``configure``;
-2. connect first: with BIRD down nothing is written, the previous files stay
-   for BIRD to load when it comes back, and the caller retries;
+2. connect first. With nothing listening on the socket (BIRD down or
+   restarting) the include file alone is still rewritten to the requested
+   set — unchecked, see below — so a BIRD starting meanwhile loads exactly
+   the desired set, never a larger, older one; the call fails
+   (``unreachable``) and the caller retries and probes for BIRD's return;
 3. a fresh exporter (reconciler restart) whose files already match asks BIRD
    what its static protocols hold and adopts it without a reload if equal;
 4. write each changed file atomically, keeping the previous bytes in memory;
@@ -21,7 +24,19 @@ lives in ``reconciler.bird_control``; this module sequences them safely:
 Any failure forgets what was applied, so the next call goes through step 3
 and looks at BIRD instead of trusting memory (a ``configure`` whose reply was
 lost may or may not have been loaded). A BIRD restart needs nothing special:
-it loads the files on disk, which are always the last accepted ones.
+it loads the include on disk, which is the last accepted one or, when BIRD
+could not be reached, the last requested one.
+
+Why writing without ``configure check`` is safe there: only the include is
+written, and it comes from our own renderer (``bird_render``: two static
+blocks, one ``route P blackhole;`` per validated host prefix, golden-tested
+and checked by a real BIRD in the netns tests), which differs from an
+accepted include only in its route lines. What BIRD may reject is the
+operator's ``bird.conf`` around it, and a BIRD that rejects its own config
+does not start either way. The managed ``bird.conf`` is never written
+unchecked. A rejected candidate (8xxx/9xxx) is still rolled back; a
+connection lost in the middle of an apply leaves the new include in place,
+for the same reason.
 
 Include mode checks and reloads the config BIRD itself was started with
 (``configure check`` / ``configure`` without a file name) — the file that
@@ -50,16 +65,19 @@ from netconf.files import fsync_directory, replace_file
 from netconf.node import BgpSettings, BirdSettings
 from reconciler.bird_control import (
     CODE_CONFIGURATION_OK,
+    BirdNotListening,
     CODE_READING_CONFIGURATION,
     CODE_RECONFIGURED,
     CONFIGURE_ACCEPTED,
     BirdControl,
     BirdError,
     BirdReply,
+    parse_neighbor_addresses,
     parse_protocols,
     parse_route_count,
     parse_route_networks,
     parse_status,
+    probe_listening,
     quote_argument,
 )
 from reconciler.bird_render import (
@@ -91,12 +109,16 @@ class ExportOutcome:
     """What one ensure_exported call achieved.
 
     ``reloaded``: BIRD accepted a ``configure`` in this call. ``ok`` with
-    ``reloaded`` False: nothing had changed.
+    ``reloaded`` False: nothing had changed. ``unreachable``: nothing
+    listened on the socket. ``staged``: BIRD did not confirm, but the
+    include on disk holds the requested set for BIRD's next start.
     """
 
     ok: bool
     reloaded: bool
     error: str | None = None
+    unreachable: bool = False
+    staged: bool = False
 
 
 class _Rejected(Exception):
@@ -124,6 +146,10 @@ class BirdExporter:
             render_managed_config(bgp, settings) if settings.mode == "managed" and bgp else None
         )
         self._neighbor_names = tuple(n.name for n in bgp.neighbors) if self._managed_config and bgp else ()
+        self._configured_peers = frozenset(n.address for n in bgp.neighbors) if bgp else frozenset()
+        # Include mode: the operator's bird.conf names the peers; learned
+        # from BIRD (``show protocols all``) whenever an apply succeeds.
+        self._learned_peers: frozenset = frozenset()
         self._apply_lock = threading.Lock()
         self._state_lock = threading.Lock()
         # Bytes BIRD confirmed last, per file path; empty until a success and
@@ -154,15 +180,21 @@ class BirdExporter:
             try:
                 with BirdControl(self.settings.socket, self.settings.timeout) as bird:
                     if not self._applied and self._disk_matches(files) and self._bird_holds(bird, wanted):
-                        # A restarted reconciler finds BIRD already running
-                        # exactly this: adopt it without a reload.
+                        # A restarted reconciler (or BIRD, restarted on a
+                        # staged include) holds exactly this: adopt it without a reload.
                         self._accepted(wanted, files, expected)
+                        self._learn_peers(bird)
                         return ExportOutcome(ok=True, reloaded=False)
                     configured = self._check_and_configure(bird, files)
                     reloaded = True
                     self._note_reload()
                     self._confirm(bird, expected, settling=configured.code != CODE_RECONFIGURED)
                     self._accepted(wanted, files, expected)
+                    self._learn_peers(bird)
+            except BirdNotListening as exc:
+                staged = self._stage_include(files)
+                outcome = self._failed(str(exc), reloaded=reloaded)
+                return ExportOutcome(False, reloaded, outcome.error, unreachable=True, staged=staged)
             except (BirdError, _Rejected, _Unconfirmed) as exc:
                 return self._failed(str(exc), reloaded=reloaded)
             except OSError as exc:
@@ -207,6 +239,17 @@ class BirdExporter:
         report["sessions"] = {name: p.info for name, p in protocols.items() if p.proto == "BGP"}
         return report
 
+    def probe(self) -> bool:
+        """Does something accept connections on BIRD's socket? A connect and hang-up; never raises."""
+        return probe_listening(self.settings.socket, min(self.settings.timeout, 0.5))
+
+    def peer_addresses(self) -> frozenset:
+        """BGP neighbor addresses: the node config's ``bgp.neighbors``, plus (include mode)
+        those BIRD reported at the last successful apply. Empty in include mode
+        until BIRD was reached once; pools and the node's own addresses still apply."""
+        with self._state_lock:
+            return self._configured_peers | self._learned_peers
+
     def ensure_bootstrap_files(self) -> list[str]:
         """Create the files BIRD needs to start, where missing; returns the paths written.
 
@@ -239,19 +282,50 @@ class BirdExporter:
             files[self.settings.config_file] = self._managed_config
         return files
 
+    def _stage_include(self, files: dict[str, bytes]) -> bool:
+        """BIRD is not listening: put the requested include on disk for its next start.
+
+        Only the include (our own rendering, see the module docstring), and
+        only when it differs. Returns whether the file now holds it.
+        """
+        path = self.settings.include_file
+        data = files[path]
+        try:
+            if _read_or_none(path) != data:
+                _write_atomic(path, data, default_mode=self._default_mode(path))
+                log.info("BIRD not listening: rewrote %s for its next start", path)
+        except OSError as exc:
+            log.error("BIRD not listening and %s cannot be rewritten: %s", path, exc)
+            return False
+        return True
+
+    def _learn_peers(self, bird: BirdControl) -> None:
+        if self._managed_config is not None:
+            return  # managed: the neighbors are the node config's
+        try:
+            learned = frozenset(parse_neighbor_addresses(bird.command("show protocols all")))
+        except BirdError as exc:
+            log.warning("cannot learn BGP neighbors from BIRD: %s", exc)
+            return
+        with self._state_lock:
+            self._learned_peers = learned
+
     def _default_mode(self, path: str) -> int:
         # A new managed bird.conf may hold BGP passwords: not world-readable.
         return 0o640 if path == self.settings.config_file and self._managed_config else 0o644
 
     def _check_and_configure(self, bird: BirdControl, files: dict[str, bytes]) -> BirdReply:
-        """Write changed files, check, configure; restore the previous files unless accepted.
+        """Write changed files, check, configure; restore the previous files unless kept.
 
-        Returns BIRD's accepted ``configure`` reply; raises _Rejected,
-        BirdError and OSError.
+        The previous files come back when BIRD says no (or a write fails).
+        When the connection is lost mid-way, a changed include alone stays:
+        it is our own rendering, and the older one may advertise prefixes no
+        longer desired to a BIRD that restarts now. Returns BIRD's accepted
+        ``configure`` reply; raises _Rejected, BirdError and OSError.
         """
         previous = {path: _read_or_none(path) for path in files}
         changed = {path: data for path, data in files.items() if previous[path] != data}
-        accepted = False
+        keep = False
         try:
             for path, data in changed.items():
                 _write_atomic(path, data, default_mode=self._default_mode(path))
@@ -266,13 +340,16 @@ class BirdExporter:
             reply = bird.command(configure_command)
             if reply.code not in CONFIGURE_ACCEPTED:
                 raise _Rejected(f"BIRD refused to reload ({configure_command}): {_errors(reply)}")
-            accepted = True
+            keep = True
             read = reply.texts(CODE_READING_CONFIGURATION)
             with self._state_lock:
                 self._config_read = read[0].removeprefix("Reading configuration from ") if read else None
             log.info("BIRD reloaded: %s", reply.describe())
+        except BirdError:
+            keep = set(changed) <= {self.settings.include_file}
+            raise
         finally:
-            if not accepted:
+            if not keep:
                 self._restore(previous, changed)
         return reply
 

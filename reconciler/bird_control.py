@@ -70,6 +70,10 @@ class BirdUnavailable(BirdError):
     """The control socket cannot be reached, timed out or closed mid-reply."""
 
 
+class BirdNotListening(BirdUnavailable):
+    """Nothing accepts connections on the socket (no file, refused): BIRD is not running there."""
+
+
 class BirdProtocolError(BirdError):
     """BIRD sent something that does not follow the control socket protocol."""
 
@@ -246,6 +250,41 @@ def parse_status(reply: BirdReply) -> dict[str, str]:
     return status
 
 
+_NEIGHBOR_ADDRESS = re.compile(r"^\s*Neighbor address:\s+(\S+)")
+
+
+def parse_neighbor_addresses(reply: BirdReply) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """``show protocols all``: the ``Neighbor address:`` of every BGP protocol (a ``%iface`` scope dropped)."""
+    addresses: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    if reply.is_error:
+        return addresses
+    for text in reply.texts():
+        match = _NEIGHBOR_ADDRESS.match(text)
+        if match:
+            try:
+                addresses.add(ipaddress.ip_address(match.group(1).split("%", 1)[0]))
+            except ValueError:
+                continue
+    return addresses
+
+
+def probe_listening(path: str, timeout: float) -> bool:
+    """Does something accept a connection on the socket at ``path``? Connects and hangs up; never raises.
+
+    Cheaper than a command: no greeting is awaited. Used to notice a
+    restarted BIRD without waiting for the retry back-off.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
 def quote_argument(text: str) -> str:
     """A command argument in double quotes; ValueError if it cannot be one."""
     if any(char in '"\\' or ord(char) < 0x20 for char in text):
@@ -284,9 +323,12 @@ class BirdControl:
         try:
             sock.settimeout(self.timeout)
             sock.connect(self.path)
-        except OSError as exc:
+        except TimeoutError as exc:
             sock.close()
             raise BirdUnavailable(f"cannot connect to BIRD at {self.path}: {_os_reason(exc)}") from exc
+        except OSError as exc:
+            sock.close()
+            raise BirdNotListening(f"cannot connect to BIRD at {self.path}: {_os_reason(exc)}") from exc
         self._socket = sock
         self.greeting = self._read_reply(time.monotonic() + self.timeout, "the greeting")
         if self.greeting.code != CODE_WELCOME:

@@ -8,11 +8,17 @@ and every output is a frozen value the loop applies through its adapters.
 Three steps, each a function:
 
 - :func:`desired_routes` — committed x Ready allocations -> ``{prefix: next hops}``
-  plus the next hops that had to be skipped, as data.
+  plus the next hops that had to be skipped and the addresses the
+  :class:`AddressPolicy` refused, as data.
 - :func:`diff` — desired vs. observed kernel routes (and the set BIRD last
   confirmed) -> a :class:`RoutePlan`: route actions and the export set.
 - :func:`plan_drain` — after BIRD answered: which stale kernel routes start
   their drain delay and which have waited long enough to be deleted.
+
+A record is input from a file, not a fact: :class:`AddressPolicy` keeps
+every anycast address outside the configured pools, equal to one of the
+node's own addresses, to a BGP peer's address or to any allocation's pod IP
+out of the routes, whatever the record says.
 
 The safety rule that ties them together: a kernel route is deleted only once
 BIRD has confirmed an export set without its prefix *and* the drain delay
@@ -21,7 +27,7 @@ has passed since then, so peers stop sending before the node stops routing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Literal
@@ -34,6 +40,13 @@ Routes = Mapping[IPNetwork, frozenset["NextHop"]]
 
 SKIP_NO_POD_IP = "no-pod-ip-of-family"
 SKIP_NO_DEVICE = "no-device"
+
+REFUSE_OUTSIDE_POOLS = "outside-pools"
+REFUSE_NODE_ADDRESS = "node-address"
+REFUSE_PEER_ADDRESS = "peer-address"
+REFUSE_POD_IP = "pod-ip"
+REFUSE_REASONS = (REFUSE_OUTSIDE_POOLS, REFUSE_NODE_ADDRESS, REFUSE_PEER_ADDRESS, REFUSE_POD_IP)
+RefuseReason = Literal["outside-pools", "node-address", "peer-address", "pod-ip"]
 
 
 @dataclass(frozen=True, order=True)
@@ -59,11 +72,66 @@ class SkippedNextHop:
 
 
 @dataclass(frozen=True)
+class RefusedAddress:
+    """An anycast address of a committed record that the policy will not route (an error as data)."""
+
+    allocation: AllocationKey
+    pod: str
+    anycast: IPAddress
+    reason: RefuseReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """What this node may route, whatever a record says.
+
+    ``pools``: the node config's pools. ``node_addresses``: every address on
+    an interface of the node's netns (routing one as a /32 or /128 would
+    take it from the node). ``peer_addresses``: the BGP neighbors' addresses
+    (a /32 of the peer's own address would reach the peer and hijack it).
+    Pod IPs of the allocations are refused too (:func:`desired_routes` knows
+    them). ``None`` as a policy means "trust every record" (tests of other
+    parts only).
+    """
+
+    pools: tuple[IPNetwork, ...]
+    node_addresses: frozenset[IPAddress] = frozenset()
+    peer_addresses: frozenset[IPAddress] = frozenset()
+
+    def __post_init__(self) -> None:
+        # (version, network as int, mask as int): ~10x cheaper per check than
+        # `address in network` on ipaddress objects, for 10,000s of addresses.
+        ranges = tuple(
+            (pool.version, int(pool.network_address), int(pool.netmask)) for pool in self.pools
+        )
+        object.__setattr__(self, "_ranges", ranges)
+
+    def in_pools(self, address: IPAddress) -> bool:
+        value, version = int(address), address.version
+        return any(v == version and value & mask == network for v, network, mask in self._ranges)  # type: ignore[attr-defined]
+
+    def refusal(self, address: IPAddress, pod_ips: Collection[IPAddress]) -> tuple[RefuseReason, str] | None:
+        """Why ``address`` must not be routed, or None; ``pod_ips``: every allocation's pod IPs."""
+        if not self.in_pools(address):
+            pools = ", ".join(str(pool) for pool in self.pools)
+            return REFUSE_OUTSIDE_POOLS, f"{address} is outside the configured pools ({pools})"
+        if address in self.node_addresses:
+            return REFUSE_NODE_ADDRESS, f"{address} is an address of this node"
+        if address in self.peer_addresses:
+            return REFUSE_PEER_ADDRESS, f"{address} is a BGP peer's address"
+        if address in pod_ips:
+            return REFUSE_POD_IP, f"{address} is a pod IP of an allocation on this node"
+        return None
+
+
+@dataclass(frozen=True)
 class DesiredRoutes:
-    """The routes the kernel should hold, and what was skipped on the way."""
+    """The routes the kernel should hold, and what was skipped or refused on the way."""
 
     routes: Mapping[IPNetwork, frozenset[NextHop]]
     skipped: tuple[SkippedNextHop, ...] = ()
+    refused: tuple[RefusedAddress, ...] = ()
 
 
 def host_prefix(address: IPAddress) -> IPNetwork:
@@ -94,10 +162,31 @@ def desired_pod_ips(
     return frozenset(wanted)
 
 
+def refused_addresses(allocations: Iterable[Allocation], policy: AddressPolicy) -> tuple[RefusedAddress, ...]:
+    """Every anycast address of a committed allocation that ``policy`` refuses, Ready or not.
+
+    Not only Ready ones: a bad record is reported as soon as it is
+    committed, not when its pod happens to become Ready. Pending records
+    are left alone (the plugin is still writing them, and checks pools itself).
+    """
+    allocations = list(allocations)
+    pod_ips = frozenset(address for allocation in allocations for address in allocation.pod_ips)
+    refused: list[RefusedAddress] = []
+    for allocation in allocations:
+        if allocation.state != "committed":
+            continue
+        for anycast in dict.fromkeys(allocation.anycast):
+            verdict = policy.refusal(anycast, pod_ips)
+            if verdict is not None:
+                refused.append(RefusedAddress(allocation.key, pod_label(allocation), anycast, *verdict))
+    return tuple(refused)
+
+
 def desired_routes(
     allocations: Iterable[Allocation],
     is_ready: Callable[[Allocation], bool],
     device_for: Callable[[IPAddress], str | None],
+    policy: AddressPolicy | None = None,
 ) -> DesiredRoutes:
     """Committed allocations of Ready pods -> one host route per anycast address.
 
@@ -106,13 +195,19 @@ def desired_routes(
     that reaches it. Several Ready pods with the same address give one
     prefix with several next hops (ECMP). Pending allocations are never
     asked about readiness: their addresses may not be on the pod yet.
+    An address ``policy`` refuses gets no route (see :func:`refused_addresses`).
     """
+    allocations = list(allocations)
+    refused = refused_addresses(allocations, policy) if policy is not None else ()
+    barred = {(item.allocation, item.anycast) for item in refused}
     routes: dict[IPNetwork, set[NextHop]] = {}
     skipped: list[SkippedNextHop] = []
     for allocation in allocations:
         if allocation.state != "committed" or not is_ready(allocation):
             continue
         for anycast in dict.fromkeys(allocation.anycast):
+            if barred and (allocation.key, anycast) in barred:
+                continue
             gateway = _first_of_version(allocation.pod_ips, anycast.version)
             if gateway is None:
                 skipped.append(
@@ -141,6 +236,7 @@ def desired_routes(
     return DesiredRoutes(
         {prefix: frozenset(hops) for prefix, hops in routes.items()},
         tuple(skipped),
+        refused,
     )
 
 

@@ -6,8 +6,11 @@ health callbacks they are given.
 
 - ``/healthz``: 200 while the process is alive and the loop is ticking
   (a pass stuck for long makes it 503, so a supervisor restarts us).
-- ``/readyz``: 200 when the state file was readable, the kernel reachable
-  and BIRD's last apply succeeded; 503 with the problems otherwise.
+- ``/readyz``: 200 when the state directory was readable, the kernel
+  reachable and BIRD's last apply succeeded; 503 with the problems
+  otherwise. Unreadable single records and refused addresses are listed
+  under ``warnings`` (with counts) and keep it 200: they concern one
+  attachment each, while every other pod is served.
 Both answer a small JSON document.
 """
 

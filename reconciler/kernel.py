@@ -63,8 +63,10 @@ from pyroute2.netlink import (
 )
 from pyroute2.netlink.rtnl import (  # noqa: F401 - RTMGRP_* stay importable with open_netlink_socket
     RTM_DELROUTE,
+    RTM_GETADDR,
     RTM_GETLINK,
     RTM_GETROUTE,
+    RTM_NEWADDR,
     RTM_NEWLINK,
     RTM_NEWROUTE,
     RTMGRP_IPV4_ROUTE,
@@ -72,6 +74,7 @@ from pyroute2.netlink.rtnl import (  # noqa: F401 - RTMGRP_* stay importable wit
     rt_scope,
     rt_type,
 )
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
@@ -232,6 +235,15 @@ class KernelRoutes:
                 self._learn_links(rtnl)
                 name = self._names.get(oif)
             return name
+
+    def list_local_addresses(self) -> frozenset[IPAddress]:
+        """Every address on any interface of the namespace (``ip addr``), all scopes.
+
+        The reconciler never routes one of these as an anycast prefix: a /32
+        or /128 route would take the address away from the node itself.
+        """
+        with self._guard("cannot list the node's addresses") as rtnl:
+            return frozenset(rtnl.dump_addresses())
 
     # -- writes ------------------------------------------------------------
 
@@ -408,6 +420,23 @@ class _Rtnl:
             return None if name is None else (message["index"], name)
 
         return dict(self._dump(ifinfmsg(), RTM_GETLINK, name_of))
+
+    def dump_addresses(self) -> list[IPAddress]:
+        """IFA_LOCAL and IFA_ADDRESS of every address (the latter is the peer's on point-to-point links)."""
+
+        def addresses_of(message: nlmsg) -> list[IPAddress] | None:
+            if message["header"]["type"] != RTM_NEWADDR:
+                return None
+            found = []
+            for name in ("IFA_LOCAL", "IFA_ADDRESS"):
+                text = message.get_attr(name)
+                if text:
+                    found.append(IPv6Address(text) if ":" in text else IPv4Address(text))
+            return found
+
+        request = ifaddrmsg()
+        request["family"] = socket.AF_UNSPEC
+        return [address for found in self._dump(request, RTM_GETADDR, addresses_of) for address in found]
 
     def dump_routes(self, family: int, table: int, protocol: int) -> list[tuple[str, tuple[tuple[str | None, int], ...]]]:
         """[(destination, ((gateway or None, oif), ...)), ...] of our unicast host routes in ``table``.

@@ -2,10 +2,15 @@
 
 A pass (:meth:`Reconciler.reconcile`):
 
-1. read the state file snapshot (on StateCorrupt/IOFailure keep the last
-   good view and report unready; with no good view yet, change nothing);
+1. read the state records: a record that cannot be read keeps its own
+   last good allocation (none if it was never read good) and is reported;
+   every other record is used as it is now. A directory that cannot be
+   listed at all keeps the last good view of everything and reports unready
+   (with no good view yet, change nothing);
 2. take the readiness view, ask the kernel for the device reaching each
-   Ready pod IP, compute :func:`desired_routes`;
+   Ready pod IP and for the node's own addresses, compute
+   :func:`desired_routes` under the :class:`AddressPolicy` (pools, node and
+   peer addresses, pod IPs): a refused address is never routed and reported;
 3. list the kernel routes of our protocol, :func:`diff`;
 4. **advertise**: install added/changed routes first, then hand BIRD the
    export set (only prefixes whose route is in place). BIRD is called only
@@ -18,6 +23,15 @@ A pass (:meth:`Reconciler.reconcile`):
    (:func:`plan_drain`); desired again while draining → kept, re-advertised.
 
 A pass with nothing changed makes no netlink write and no BIRD call.
+
+While BIRD is unreachable (nothing listens on its socket), the adapter
+still writes the include on disk, so a BIRD (re)starting meanwhile never
+loads more than the desired set; and the scheduler probes the socket every
+``bird_probe_interval`` (:meth:`Reconciler.probe_bird`), independent of the
+retry back-off, so a returning BIRD is re-applied within that interval.
+Kernel routes of withdrawn prefixes stay until BIRD itself confirmed the
+smaller set: an unreachable socket does not prove that BIRD stopped
+advertising (a replaced socket file, a wrong path).
 
 The :class:`Scheduler` runs passes: at start, on wake-ups (state file,
 readiness, route events) coalesced by a debounce with a bounded maximum
@@ -33,17 +47,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from netconf.errors import CniError
 from netconf.node import NodeConfig
-from netconf.state import Allocation, StateDocument
+from netconf.state import Allocation, AllocationKey, StateDocument, record_file_name
 from reconciler.desired import (
+    REFUSE_REASONS,
+    AddressPolicy,
     IPAddress,
     IPNetwork,
     NextHop,
+    RefusedAddress,
     RoutePlan,
     SkippedNextHop,
     count_next_hops,
@@ -62,6 +79,9 @@ log = logging.getLogger("reconciler.loop")
 # Per pass, route writes are logged one by one up to this many, then summed up
 # (a cold start with thousands of prefixes must not flood the log).
 _LOG_EACH = 20
+# /readyz lists at most this many unreadable records and refused addresses
+# (the counts are complete): 50,000 junk files must not make a 5 MB answer.
+_DETAIL_EACH = 20
 
 
 # -- ports: what the loop needs from its adapters ----------------------------
@@ -69,7 +89,10 @@ _LOG_EACH = 20
 
 class StateReader(Protocol):
     def read(self) -> StateDocument:
-        """A snapshot; raises StateCorrupt or IOFailure (netconf.errors)."""
+        """A snapshot: good allocations plus ``unreadable`` {file name: CniError}.
+
+        Raises IOFailure (netconf.errors) only when the directory itself cannot be read.
+        """
         ...
 
 
@@ -80,6 +103,8 @@ class KernelPort(Protocol):
 
     def device_for(self, address: IPAddress) -> str | None: ...
 
+    def list_local_addresses(self) -> frozenset[IPAddress]: ...
+
     def ensure_route(self, prefix: IPNetwork, next_hops: frozenset[NextHop]) -> None: ...
 
     def delete_route(self, prefix: IPNetwork) -> bool: ...
@@ -89,12 +114,24 @@ class ExportResult(Protocol):
     ok: bool
     reloaded: bool
     error: str | None
+    # Nothing listened on BIRD's socket (as opposed to BIRD refusing the config).
+    unreachable: bool
+    # The include on disk holds the requested set although BIRD did not confirm it.
+    staged: bool
 
 
 class BirdPort(Protocol):
     """Implemented by ``bird.BirdExporter``; never raises for BIRD down or a rejected config."""
 
     def ensure_exported(self, prefixes: Collection[IPNetwork]) -> ExportResult: ...
+
+    def probe(self) -> bool:
+        """Does something accept connections on BIRD's control socket now? Cheap; never raises."""
+        ...
+
+    def peer_addresses(self) -> frozenset[IPAddress]:
+        """The BGP neighbors' addresses known to the adapter (never routed)."""
+        ...
 
     def status(self) -> dict: ...
 
@@ -124,6 +161,7 @@ class LoopSettings:
     max_wait: float = 0.5
     retry_initial: float = 0.5
     retry_maximum: float = 30.0
+    bird_probe_interval: float = 0.5
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> LoopSettings:
@@ -134,6 +172,7 @@ class LoopSettings:
             max_wait=config.max_wait,
             retry_initial=config.bird.retry.initial,
             retry_maximum=config.bird.retry.maximum,
+            bird_probe_interval=config.bird.probe_interval,
         )
 
 
@@ -149,6 +188,8 @@ class PassReport:
     exported: frozenset[IPNetwork] | None = None
     draining: dict[IPNetwork, float] = field(default_factory=dict)
     skipped: tuple[SkippedNextHop, ...] = ()
+    refused: tuple[RefusedAddress, ...] = ()
+    unreadable: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
 
     @property
@@ -158,12 +199,24 @@ class PassReport:
 
 @dataclass(frozen=True)
 class Health:
+    """For /readyz. ``problems`` make the node unready; ``warnings`` do not.
+
+    An unreadable record or a refused address is a warning: it concerns one
+    attachment, every other pod is still served correctly, and an unready
+    reconciler pod would only stall a DaemonSet rollout (the fix) without
+    protecting anything. Both are listed (at most ``_DETAIL_EACH`` each, with
+    full counts) so the operator sees them.
+    """
+
     state_ok: bool
     kernel_ok: bool
     bird_ok: bool
     readiness_ok: bool
     passes: int
     problems: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+    unreadable_records: int = 0
+    refused_addresses: int = 0
 
     @property
     def ready(self) -> bool:
@@ -193,9 +246,14 @@ class Reconciler:
         kernel: KernelPort,
         bird: BirdPort,
         settings: LoopSettings,
+        pools: Sequence[IPNetwork],
         clock: Clock | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        """``pools``: the only networks whose addresses may be routed (node config ``pools``)."""
+        if not pools:
+            raise ValueError("the reconciler needs at least one pool")
+        self.pools = tuple(pools)
         self.store = store
         self.readiness = readiness
         self.kernel = kernel
@@ -205,6 +263,20 @@ class Reconciler:
         self.metrics = metrics or Metrics()
         self._lock = threading.Lock()
         self._allocations: list[Allocation] | None = None
+        # The last good allocation of each record file, by file name; a
+        # record that turns unreadable keeps its entry, one removed loses it.
+        self._last_good: dict[str, Allocation] = {}
+        self._file_names: dict[AllocationKey, str] = {}
+        self._unreadable: dict[str, CniError] = {}
+        self._unreadable_text: dict[str, str] = {}
+        self._refused: tuple[RefusedAddress, ...] = ()
+        self._refused_logged: frozenset[tuple[Any, ...]] = frozenset()
+        self._bird_unreachable = False
+        self._bird_probe_at: float | None = None
+        # Prefixes written to the include on disk while BIRD was unreachable
+        # and not confirmed since: a BIRD starting meanwhile may advertise
+        # them, so their routes are not deleted until BIRD confirms.
+        self._staged: frozenset[IPNetwork] = frozenset()
         self._state_error: str | None = None
         self._kernel_error: str | None = None
         self._exported: frozenset[IPNetwork] | None = None
@@ -234,6 +306,31 @@ class Reconciler:
             deadlines.append(self._bird_retry_at)
         return min(deadlines) if deadlines else None
 
+    def next_bird_probe(self) -> float | None:
+        """When to probe BIRD's socket next (monotonic); None unless BIRD was found unreachable."""
+        return self._bird_probe_at
+
+    def probe_bird(self) -> bool:
+        """Probe BIRD's socket; True when BIRD is back and a pass should re-apply at once.
+
+        Called by the scheduler's thread when :meth:`next_bird_probe` is due.
+        A success drops the back-off wait; a failure schedules the next probe.
+        """
+        now = self.clock.monotonic()
+        try:
+            back = bool(self.bird.probe())
+        except Exception:  # noqa: BLE001 - the adapter should not raise; a failed probe is "not yet"
+            back = False
+        with self._lock:
+            if back:
+                self._bird_probe_at = None
+                self._bird_retry_at = None
+            else:
+                self._bird_probe_at = now + self.settings.bird_probe_interval
+        if back:
+            log.info("BIRD's socket accepts connections again, re-applying now")
+        return back
+
     def health(self) -> Health:
         with self._lock:
             readiness_status = self.readiness.status()
@@ -248,6 +345,20 @@ class Reconciler:
                 problems.append(f"readiness: {readiness_status.detail}")
             if self._passes == 0:
                 problems.append("no pass completed yet")
+            warnings = [
+                f"state record {name} unreadable ("
+                + ("its last good allocation is kept" if name in self._last_good else "never read good, ignored")
+                + f"): {text}"
+                for name, text in sorted(self._unreadable_text.items())[:_DETAIL_EACH]
+            ]
+            if len(self._unreadable_text) > _DETAIL_EACH:
+                warnings.append(f"... {len(self._unreadable_text) - _DETAIL_EACH} more unreadable state records")
+            warnings += [
+                f"refused {item.anycast} of {item.pod} ({item.reason}): {item.detail}"
+                for item in self._refused[:_DETAIL_EACH]
+            ]
+            if len(self._refused) > _DETAIL_EACH:
+                warnings.append(f"... {len(self._refused) - _DETAIL_EACH} more refused addresses")
             return Health(
                 state_ok=self._state_error is None and self._allocations is not None,
                 kernel_ok=self._kernel_error is None,
@@ -255,6 +366,9 @@ class Reconciler:
                 readiness_ok=readiness_status.healthy,
                 passes=self._passes,
                 problems=tuple(problems),
+                warnings=tuple(warnings),
+                unreadable_records=len(self._unreadable_text),
+                refused_addresses=len(self._refused),
             )
 
     # -- the pass -----------------------------------------------------------
@@ -289,13 +403,16 @@ class Reconciler:
 
         try:
             devices = {address: self.kernel.device_for(address) for address in desired_pod_ips(allocations, view.is_ready)}
+            node_addresses = self.kernel.list_local_addresses()
             observed = self.kernel.list_routes()
         except KernelError as exc:
             self._note_kernel_error(str(exc))
             return PassReport("error", errors=(str(exc),))
 
-        desired = desired_routes(allocations, view.is_ready, devices.get)
+        policy = AddressPolicy(self.pools, node_addresses, self._peer_addresses())
+        desired = desired_routes(allocations, view.is_ready, devices.get, policy)
         self._note_skipped(desired.skipped)
+        self._note_refused(desired.refused)
         plan = diff(desired.routes, observed, self._exported)
         errors: list[str] = []
 
@@ -333,7 +450,7 @@ class Reconciler:
         # Withdraw, step 2: delete stale routes once BIRD dropped them and the drain delay passed.
         drain = plan_drain(
             (action.prefix for action in plan.stale),
-            self._exported,
+            self._exported | self._staged if self._exported is not None else None,
             self._draining,
             now,
             self.settings.drain_delay,
@@ -377,6 +494,8 @@ class Reconciler:
             exported=self._exported,
             draining=dict(draining),
             skipped=desired.skipped,
+            refused=desired.refused,
+            unreadable=tuple(sorted(self._unreadable)),
             errors=tuple(errors) + ((f"bird: {self._bird_error}",) if self._bird_error else ()),
         )
 
@@ -385,23 +504,111 @@ class Reconciler:
     def _observe_allocations(self) -> list[Allocation] | None:
         try:
             document = self.store.read()
-        except CniError as exc:  # StateCorrupt, IOFailure
-            message = f"{exc.msg} ({exc.details})" if exc.details else exc.msg
+        except CniError as exc:  # IOFailure: the directory itself cannot be read
+            message = _error_text(exc)
             self.metrics.state_read_errors.inc()
             if message != self._state_error:
                 log.error(
-                    "state file unreadable, keeping the last good view",
+                    "state directory unreadable, keeping the last good view",
                     extra=fields(error=message, have_view=self._allocations is not None),
                 )
             with self._lock:
                 self._state_error = message
             return self._allocations
         if self._state_error is not None:
-            log.info("state file readable again")
+            log.info("state directory readable again")
+        allocations, last_good = self._merge_last_good(document.allocations, document.unreadable)
+        self._note_unreadable(document.unreadable, last_good)
         with self._lock:
             self._state_error = None
-            self._allocations = list(document.allocations)
+            self._last_good = last_good
+            self._allocations = allocations
         return self._allocations
+
+    def _merge_last_good(
+        self, good: list[Allocation], unreadable: Mapping[str, CniError]
+    ) -> tuple[list[Allocation], dict[str, Allocation]]:
+        """The allocations to use, and the new last-good map by file name.
+
+        A good record is used as read. An unreadable one contributes the
+        allocation last read good from the same file, if any. A file gone
+        from the directory is in neither, so its last good view is forgotten.
+        """
+        names = self._file_names
+        file_names: dict[AllocationKey, str] = {}
+        last_good: dict[str, Allocation] = {}
+        for allocation in good:
+            key = allocation.key
+            name = names.get(key)
+            if name is None:
+                name = record_file_name(key)  # escaping costs ~µs: once per key, not per pass
+            file_names[key] = name
+            last_good[name] = allocation
+        self._file_names = file_names
+        if not unreadable:
+            return list(good), last_good
+        kept = []
+        for name in unreadable:
+            allocation = self._last_good.get(name)
+            if allocation is not None:
+                last_good[name] = allocation
+                file_names[allocation.key] = name
+                kept.append(allocation)
+        if not kept:
+            return list(good), last_good
+        return sorted([*good, *kept], key=lambda item: item.key), last_good
+
+    def _note_unreadable(self, unreadable: Mapping[str, CniError], last_good: Mapping[str, Allocation]) -> None:
+        """Log a record when it turns unreadable or its error changes, and when it recovers; once, not per pass."""
+        previous = self._unreadable
+        if not unreadable and not previous:
+            return
+        texts = self._unreadable_text
+        # The store hands back the same error object for an unchanged file:
+        # identity is the cheap test at 50,000 junk files.
+        changed = [name for name, error in unreadable.items() if previous.get(name) is not error]
+        gone = [name for name in previous if name not in unreadable]
+        if changed or gone:
+            texts = dict(texts)
+            logged = 0
+            for name in sorted(changed):
+                text = _error_text(unreadable[name])
+                if texts.get(name) != text:
+                    logged += 1
+                    if logged <= _LOG_EACH:
+                        log.error(
+                            "state record unreadable, keeping its last good allocation"
+                            if name in last_good
+                            else "state record unreadable and never read good, ignoring it",
+                            extra=fields(record=name, error=text),
+                        )
+                texts[name] = text
+            if logged > _LOG_EACH:
+                log.error(
+                    "more state records unreadable",
+                    extra=fields(count=logged - _LOG_EACH, unreadable=len(unreadable)),
+                )
+            for index, name in enumerate(sorted(gone)):
+                texts.pop(name, None)
+                if index < _LOG_EACH:
+                    log.info(
+                        "state record readable again" if name in last_good else "unreadable state record removed",
+                        extra=fields(record=name),
+                    )
+            if len(gone) > _LOG_EACH:
+                log.info("more state records recovered or removed", extra=fields(count=len(gone) - _LOG_EACH))
+        self.metrics.state_unreadable_records.set(len(unreadable))
+        self.metrics.state_records_kept.set(sum(1 for name in unreadable if name in last_good))
+        with self._lock:
+            self._unreadable = unreadable  # a fresh mapping every read
+            self._unreadable_text = texts
+
+    def _peer_addresses(self) -> frozenset[IPAddress]:
+        try:
+            return frozenset(self.bird.peer_addresses())
+        except Exception as exc:  # noqa: BLE001 - the adapter should not raise; pools still apply
+            log.warning("cannot learn BGP peer addresses", extra=fields(error=repr(exc)))
+            return frozenset()
 
     def _ensure_exported(self, export: frozenset[IPNetwork], full: bool, now: float) -> bool:
         failing = self._bird_error is not None
@@ -413,8 +620,10 @@ class Reconciler:
         try:
             outcome = self.bird.ensure_exported(export)
             ok, reloaded, error = outcome.ok, outcome.reloaded, outcome.error
+            unreachable, staged = outcome.unreachable, outcome.staged
         except Exception as exc:  # noqa: BLE001 - the adapter should not raise; never let it kill us
             ok, reloaded, error = False, False, f"BIRD adapter raised {exc!r}"
+            unreachable = staged = False
         if reloaded:
             self.metrics.bird_reloads.inc()
         if ok:
@@ -438,6 +647,9 @@ class Reconciler:
                 self._bird_error = None
                 self._bird_failures = 0
                 self._bird_retry_at = None
+                self._bird_unreachable = False
+                self._bird_probe_at = None
+                self._staged = frozenset()
             self.metrics.bird_last_success.set(self.clock.time())
             for family, version in (("ipv4", 4), ("ipv6", 6)):
                 self.metrics.advertised_prefixes.labels(family).set(
@@ -451,9 +663,20 @@ class Reconciler:
                 self._bird_error = error or "BIRD apply failed"
                 delay = backoff_delay(self._bird_failures, self.settings.retry_initial, self.settings.retry_maximum)
                 self._bird_retry_at = now + delay
+                # Probe for BIRD's return only while nothing listens: a BIRD
+                # that answers but refuses the config waits out the back-off.
+                self._bird_unreachable = unreachable
+                self._bird_probe_at = now + self.settings.bird_probe_interval if unreachable else None
+                if staged:
+                    self._staged |= export
             log.error(
                 "BIRD apply failed, will retry",
-                extra=fields(error=self._bird_error, failures=self._bird_failures, retry_in=f"{delay:.3f}s"),
+                extra=fields(
+                    error=self._bird_error,
+                    failures=self._bird_failures,
+                    retry_in=f"{delay:.3f}s",
+                    include_on_disk="rewritten for BIRD's next start" if staged else "unchanged",
+                ),
             )
         return True
 
@@ -481,6 +704,30 @@ class Reconciler:
             self._skipped_logged = keys
         for reason in ("no-pod-ip-of-family", "no-device"):
             self.metrics.skipped_next_hops.labels(reason).set(sum(1 for item in skipped if item.reason == reason))
+
+    def _note_refused(self, refused: tuple[RefusedAddress, ...]) -> None:
+        """Log each refused address once (per record, address and reason), count them, keep them for /readyz."""
+        keys = frozenset((item.allocation, item.anycast, item.reason) for item in refused)
+        if keys != self._refused_logged:
+            fresh = [item for item in refused if (item.allocation, item.anycast, item.reason) not in self._refused_logged]
+            for item in fresh[:_LOG_EACH]:
+                log.error(
+                    "anycast address refused, not routed or advertised",
+                    extra=fields(
+                        pod=item.pod,
+                        record=item.allocation[1][:12],
+                        anycast=item.anycast,
+                        reason=item.reason,
+                        detail=item.detail,
+                    ),
+                )
+            if len(fresh) > _LOG_EACH:
+                log.error("more anycast addresses refused", extra=fields(count=len(fresh) - _LOG_EACH))
+            self._refused_logged = keys
+        for reason in REFUSE_REASONS:
+            self.metrics.refused_addresses.labels(reason).set(sum(1 for item in refused if item.reason == reason))
+        with self._lock:
+            self._refused = refused
 
     def _update_gauges(self, routes: dict[IPNetwork, frozenset[NextHop]], skipped: Iterable[SkippedNextHop]) -> None:
         for family, version in (("ipv4", 4), ("ipv6", 6)):
@@ -596,6 +843,9 @@ class Scheduler:
             deadline = self.reconciler.next_deadline()
             if deadline is not None:
                 timer_due = min(timer_due, max(deadline, earliest))
+            probe_due = self.reconciler.next_bird_probe()
+            if probe_due is not None:
+                timer_due = min(timer_due, probe_due)
             self.last_tick = time.monotonic()
             reasons = self.waker.wait(
                 timer_due,
@@ -611,7 +861,16 @@ class Scheduler:
                 reasons.add("resync")
                 next_resync = now + self.settings.resync_interval
             elif not reasons:
-                reasons.add("timer")
+                pass_due = deadline is not None and now >= max(deadline, earliest)
+                if probe_due is not None and now >= probe_due:
+                    # A probe is a connect() on BIRD's socket, not a pass: a
+                    # pass (kernel dumps...) runs only once BIRD is back.
+                    if self.reconciler.probe_bird():
+                        reasons.add("bird-back")
+                    elif not pass_due:
+                        continue
+                if not reasons:
+                    reasons.add("timer")
             log.debug("pass", extra=fields(reasons=",".join(sorted(reasons)), full=full))
             if self.before_pass is not None:
                 try:
@@ -628,6 +887,10 @@ class Scheduler:
 
     def tick_age(self) -> float:
         return max(0.0, time.monotonic() - max(self.last_tick, self.waker.last_tick))
+
+
+def _error_text(error: CniError) -> str:
+    return f"{error.msg} ({error.details})" if error.details else error.msg
 
 
 def _hops_text(hops: Iterable[NextHop]) -> str:

@@ -6,7 +6,9 @@ namespace of the process.
 
 - ``--once``: one pass (read, plan, kernel, BIRD), then wait out the drain
   delay of any withdrawal and delete those routes; exit 0 when everything
-  applied, 1 when something failed (state unreadable, kernel or BIRD error).
+  applied, 1 when something failed (state directory unreadable, kernel or
+  BIRD error) — also when a record was unreadable or an address refused,
+  after everything else was applied.
 - Without ``--once``: run until SIGTERM/SIGINT. Wake-ups: the state file
   (inotify on its directory), the readiness source, netlink route events
   of our protocol, drain deadlines, BIRD retries and the resync interval.
@@ -190,7 +192,14 @@ def _run_configured(config: NodeConfig, once: bool, runtime: Runtime, waker: Wak
     _bootstrap_bird_files(bird)
     store = StateStore(config.state_dir)
     reconciler = Reconciler(
-        store=store, readiness=readiness, kernel=kernel, bird=bird, settings=settings, clock=runtime.clock, metrics=metrics
+        store=store,
+        readiness=readiness,
+        kernel=kernel,
+        bird=bird,
+        settings=settings,
+        pools=config.pools,
+        clock=runtime.clock,
+        metrics=metrics,
     )
     runtime.reconciler = reconciler
     log.info(
@@ -202,6 +211,7 @@ def _run_configured(config: NodeConfig, once: bool, runtime: Runtime, waker: Wak
             protocol=config.routes.protocol,
             table=config.routes.table,
             bird_mode=config.bird.mode,
+            pools=",".join(str(pool) for pool in config.pools),
             once=once,
         ),
     )
@@ -262,7 +272,10 @@ def _run_once(reconciler: Reconciler, runtime: Runtime, waker: Waker, settings: 
         _sleep(runtime, waker, max(0.0, deadline - now))
         report = reconciler.reconcile()
     _log_report(report)
-    return EXIT_OK if report.ok and not reconciler.draining else EXIT_FAILURE
+    # Everything else was applied; a record that could not be read or an
+    # address that was refused still means the node is not as asked.
+    clean = report.ok and not reconciler.draining and not report.unreadable and not report.refused
+    return EXIT_OK if clean else EXIT_FAILURE
 
 
 def _sleep(runtime: Runtime, waker: Waker, seconds: float) -> None:
@@ -365,6 +378,10 @@ def _readyz(reconciler: Reconciler) -> tuple[bool, dict[str, Any]]:
         "readiness": health.readiness_ok,
         "passes": health.passes,
         "problems": list(health.problems),
+        # Not problems: /readyz stays 200 for them (see loop.Health).
+        "warnings": list(health.warnings),
+        "unreadable_records": health.unreadable_records,
+        "refused_addresses": health.refused_addresses,
     }
     exported = reconciler.exported
     if exported is not None:
@@ -380,6 +397,8 @@ def _log_report(report: PassReport) -> None:
             written=len(report.written),
             deleted=len(report.deleted),
             exported=len(report.exported) if report.exported is not None else "unknown",
+            unreadable_records=len(report.unreadable),
+            refused_addresses=len(report.refused),
             errors="; ".join(report.errors) or "-",
         ),
     )

@@ -92,7 +92,23 @@ class Metrics:
         )
         self.state_read_errors = Counter(
             PREFIX + "state_read_errors",
-            "State file reads that failed (corrupt, unknown version, unreadable)",
+            "Passes whose read of the state directory failed as a whole (the last good view was kept)",
+            registry=r,
+        )
+        self.state_unreadable_records = Gauge(
+            PREFIX + "state_unreadable_records",
+            "State records that cannot be read (corrupt, unknown version, not a regular file) in the last pass",
+            registry=r,
+        )
+        self.state_records_kept = Gauge(
+            PREFIX + "state_records_kept_last_good",
+            "Unreadable state records for which the last good allocation is still used",
+            registry=r,
+        )
+        self.refused_addresses = Gauge(
+            PREFIX + "refused_addresses",
+            "Anycast addresses of committed records refused (never routed), by reason",
+            ["reason"],
             registry=r,
         )
         self.last_pass = Gauge(
@@ -105,6 +121,10 @@ class Metrics:
             self.routes.labels(family).set(0)
         for reason in ("no-pod-ip-of-family", "no-device"):
             self.skipped_next_hops.labels(reason).set(0)
+        for reason in ("outside-pools", "node-address", "peer-address", "pod-ip"):
+            self.refused_addresses.labels(reason).set(0)
+        self.state_unreadable_records.set(0)
+        self.state_records_kept.set(0)
         for result in ("ok", "error", "skipped"):
             self.passes.labels(result)
         self.bird_last_success.set(0)

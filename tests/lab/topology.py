@@ -590,6 +590,10 @@ class Lab:
     def set_ready(self, pod: Pod | str, ready: bool) -> None:
         self.set_readiness({pod: ready})
 
+    def set_ready_container(self, container_id: str, ready: bool) -> None:
+        """Readiness of a container ID the lab did not attach (e.g. a hand-written record)."""
+        self.write_readiness({**self._readiness, container_id: ready})
+
     def set_readiness(self, changes: dict[Pod | str, bool]) -> None:
         """Flip several pods in one atomic rewrite; keys are the pods' container IDs."""
         mapping = dict(self._readiness)
@@ -763,6 +767,7 @@ class Lab:
         assert self.bird is not None
         config: dict[str, Any] = {
             "nodeName": "lab-node",
+            "pools": list(POOLS),
             "stateDir": self.state_dir,
             "readiness": {"source": "file", "file": self.readiness_path},
             "routes": {"protocol": ROUTE_PROTOCOL},

@@ -159,14 +159,16 @@ def test_bird_killed_then_restarted(include_lab):
     assert time.monotonic() - started < 1.0  # refused at once, no timeout wait
     assert not outcome.ok and not outcome.reloaded
     assert "cannot connect to BIRD" in outcome.error and settings.socket in outcome.error
-    assert Path(settings.include_file).read_bytes() == good  # BIRD will start from the last good file
+    # BIRD will start from the requested set (issue 11 #6), not from an older one.
+    assert outcome.unreachable and outcome.staged
+    assert Path(settings.include_file).read_bytes() == render_include([V4, V6]) != good
     status = exporter.status()
     assert status["reachable"] is False and status["last_error"] == outcome.error
 
     again = start_bird(node, bird.config, str(tmp_path))
     try:
-        assert static_routes(again.socket) == {V4}  # what it found on disk
-        assert exporter.ensure_exported({V4, V6}) == ExportOutcome(ok=True, reloaded=True)
+        assert static_routes(again.socket) == {V4, V6}  # what it found on disk
+        assert exporter.ensure_exported({V4, V6}) == ExportOutcome(ok=True, reloaded=False)
         assert static_routes(again.socket) == {V4, V6}
         assert exporter.status()["reachable"] is True
     finally:
@@ -323,3 +325,45 @@ def test_recorded_replies_match_a_live_bird(tmp_path):
             continue
         assert [r.code for r in fresh] == [r.code for r in old], name
         assert [r.message for r in fresh if r.is_error] == [r.message for r in old if r.is_error], name
+
+
+# --- issue 11 #6 and #7: BIRD down and back, peers learned ---------------------------
+
+
+def test_bird_killed_then_restarted_loads_the_staged_smaller_set(include_lab):
+    """A withdrawal while BIRD is down reaches the file on disk, so the restarted BIRD never advertises it."""
+    settings, bird, node, tmp_path = include_lab
+    exporter = BirdExporter(settings, None)
+    assert exporter.ensure_exported({V4, V6}).ok
+    bird.kill()
+    assert not exporter.probe()
+
+    outcome = exporter.ensure_exported({V6})
+
+    assert not outcome.ok and outcome.unreachable and outcome.staged
+    with running_bird(node, bird.config, str(tmp_path)) as restarted:
+        assert exporter.probe()
+        assert static_routes(restarted.socket) == {V6}, "the restarted BIRD loaded more than the desired set"
+        before = last_reconfiguration(restarted.socket)
+        # Back: the next call adopts what the restarted BIRD holds, without a reload.
+        assert exporter.ensure_exported({V6}) == ExportOutcome(ok=True, reloaded=False)
+        assert last_reconfiguration(restarted.socket) == before
+
+
+def test_staged_include_is_one_a_real_bird_accepts(include_lab):
+    """The unchecked write is our renderer's output: a real BIRD's `configure check` takes it."""
+    settings, bird, _, _ = include_lab
+    exporter = BirdExporter(settings, None)
+    down = BirdSettings(socket=str(Path(settings.socket).with_name("gone.ctl")), include_file=settings.include_file)
+    assert BirdExporter(down, None).ensure_exported({V4, V6, V4B}).staged
+    assert b"\n0020 Configuration OK" in bird_command(bird.socket, "configure check")
+    assert exporter.ensure_exported({V4, V6, V4B}).reloaded
+    assert static_routes(bird.socket) == {V4, V6, V4B}
+
+
+def test_include_mode_learns_the_peer_addresses_from_bird(include_lab):
+    settings, _, _, _ = include_lab
+    exporter = BirdExporter(settings, None)
+    assert exporter.peer_addresses() == frozenset()
+    assert exporter.ensure_exported({V4}).ok
+    assert exporter.peer_addresses() == {ipaddress.ip_address("198.51.100.1")}

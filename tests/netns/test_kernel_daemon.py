@@ -44,6 +44,7 @@ WRAPPER = (
 def write_config(tmp_path, **overrides):
     config = {
         "nodeName": "node-1",
+        "pools": ["2001:db8:a::/64", "192.0.2.0/24"],
         "stateDir": str(tmp_path / "state"),
         "routes": {"protocol": PROTO},
         "drainDelay": 0.2,
@@ -178,7 +179,7 @@ def test_console_script_once_installs_routes_and_exits_1_without_bird(topology, 
 def test_console_script_bad_config_exits_2(topology, tmp_path):
     node, _ = topology
     path = tmp_path / "bad.yaml"
-    path.write_text("nodeName: n\nbird: {mode: managed}\n")
+    path.write_text("nodeName: n\npools: [192.0.2.0/24]\nbird: {mode: managed}\n")
     script = os.path.join(os.path.dirname(sys.executable), "flock-reconciler")
 
     completed = node.run([script, "--config", str(path)], check=False, timeout=60)

@@ -322,6 +322,7 @@ def reconciler_for(node, store, bird, drain_delay=0.0):
         kernel=KernelRoutes(protocol=PROTO, netns=node.path),
         bird=bird,
         settings=LoopSettings(drain_delay=drain_delay),
+        pools=(ip_network("2001:db8:a::/64"), ip_network("192.0.2.0/24")),
     )
 
 

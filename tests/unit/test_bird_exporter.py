@@ -158,30 +158,34 @@ def test_first_attempt_rejected_removes_a_file_that_did_not_exist(env):
     assert not include.exists()
 
 
-def test_bird_down_writes_nothing_and_does_not_raise(tmp_path):
+def test_bird_down_stages_the_include_for_its_next_start_and_does_not_raise(tmp_path):
+    """Issue 11 #6: a BIRD starting while we cannot reach it must load the desired set, not an older, larger one."""
     include = tmp_path / "flock-anycast.conf"
-    include.write_bytes(b"previous\n")
+    include.write_bytes(render_include([V4, V6]))
     settings = BirdSettings(socket=str(tmp_path / "missing.ctl"), include_file=str(include), timeout=0.3)
     exporter = BirdExporter(settings, None)
     outcome = exporter.ensure_exported([V4])
-    assert outcome == ExportOutcome(ok=False, reloaded=False, error=outcome.error)
+    assert outcome == ExportOutcome(ok=False, reloaded=False, error=outcome.error, unreachable=True, staged=True)
     assert str(tmp_path / "missing.ctl") in outcome.error and "No such file" in outcome.error
-    assert include.read_bytes() == b"previous\n"
+    assert include.read_bytes() == render_include([V4])
+    assert not exporter.probe()
     status = exporter.status()
     assert status["reachable"] is False and status["last_error"] == outcome.error
     assert "unreachable_reason" in status
 
 
 @pytest.mark.parametrize("answer", [HANG, CLOSE, b"garbage\n"], ids=["hang", "close", "garbage"])
-def test_misbehaving_bird_gives_ok_false_and_restores(env, answer):
+def test_misbehaving_bird_gives_ok_false_and_keeps_the_new_include(env, answer):
+    """Not a "no" from BIRD: the candidate (our own rendering) stays for its next start; nothing is trusted."""
     settings, model, fake, include = env
     exporter = BirdExporter(settings, None)
     exporter.ensure_exported([V4])
-    good = include.read_bytes()
     model.answers["configure check"] = answer
     outcome = exporter.ensure_exported([V6])
-    assert not outcome.ok and outcome.error
-    assert include.read_bytes() == good
+    assert not outcome.ok and outcome.error and not outcome.unreachable
+    assert include.read_bytes() == render_include([V6])
+    del model.answers["configure check"]
+    assert exporter.ensure_exported([V6]) == ExportOutcome(ok=True, reloaded=True)
 
 
 def test_lost_configure_reply_is_not_trusted_later(env):
@@ -191,7 +195,7 @@ def test_lost_configure_reply_is_not_trusted_later(env):
     model.lose_configure_reply = True  # BIRD loads [V6], then the connection drops
     outcome = exporter.ensure_exported([V6])
     assert not outcome.ok and "closed" in outcome.error
-    assert include.read_bytes() == render_include([V4])
+    assert include.read_bytes() == render_include([V6])  # what BIRD loaded, and what a restart would load
     assert model.loaded["flock_anycast6"] == ["2001:db8:a::53/128"]
     model.lose_configure_reply = False
     # Back to the old set: not a blind no-op, BIRD is looked at and fixed.
@@ -352,3 +356,51 @@ def test_managed_mode_needs_bgp(tmp_path):
     settings, _ = managed(tmp_path)
     with pytest.raises(ValueError):
         BirdExporter(settings, None)
+
+
+def test_managed_config_is_restored_when_the_connection_is_lost(tmp_path):
+    """Only our include may stay unchecked; a managed bird.conf is never left behind unconfirmed."""
+    settings, bgp = managed(tmp_path)
+    model = ModelBird(Path(settings.include_file))
+    Path(settings.config_file).write_bytes(b"# operator's old config\n")
+    with FakeBird(settings.socket, model.handler):
+        model.answers["configure check"] = CLOSE
+        assert not BirdExporter(settings, bgp).ensure_exported([V4]).ok
+    assert Path(settings.config_file).read_bytes() == b"# operator's old config\n"
+
+
+def test_managed_mode_bird_down_stages_the_include_only(tmp_path):
+    settings, bgp = managed(tmp_path)
+    Path(settings.config_file).write_bytes(b"# operator's old config\n")
+    Path(settings.include_file).write_bytes(render_include([V4, V6]))
+    outcome = BirdExporter(settings, bgp).ensure_exported([V6])
+    assert outcome.unreachable and outcome.staged and not outcome.ok
+    assert Path(settings.include_file).read_bytes() == render_include([V6])
+    assert Path(settings.config_file).read_bytes() == b"# operator's old config\n"
+
+
+def test_peer_addresses_come_from_the_config_and_from_bird_in_include_mode(env, tmp_path):
+    settings, model, fake, include = env
+    _, bgp = managed(tmp_path)
+    model.answers["show protocols all"] = (
+        b"2002-Name       Proto      Table      State  Since         Info\n"
+        b"1002-uplink_v6  BGP        ---        up     12:00:00.000  Established   \n"
+        b"1006-  BGP state:          Established\n"
+        b"     Neighbor address: 2001:db8:ffff::1\n"
+        b"     Neighbor AS:      65000\n"
+        b"1002-uplink_ll  BGP        ---        start  12:00:00.000  Active   \n"
+        b"1006-  BGP state:          Active\n"
+        b"     Neighbor address: fe80::1%up0\n"
+        b"0000 \n"
+    )
+    exporter = BirdExporter(settings, bgp)
+    assert exporter.peer_addresses() == {ipaddress.ip_address("198.51.100.2")}
+    assert exporter.ensure_exported([V4]).ok
+    assert exporter.peer_addresses() == {
+        ipaddress.ip_address(a) for a in ("198.51.100.2", "2001:db8:ffff::1", "fe80::1")
+    }
+
+
+def test_probe_sees_a_listening_socket(env):
+    settings, model, fake, include = env
+    assert BirdExporter(settings, None).probe()

@@ -62,6 +62,7 @@ def typical_bgp() -> BgpSettings:
     config = parse_node_config(
         {
             "nodeName": "node-a",
+            "pools": ["192.0.2.0/24"],
             "bird": {"mode": "managed", "includeFile": "/etc/bird/flock-anycast.conf"},
             "bgp": {
                 "routerId": "192.0.2.11",

@@ -53,6 +53,9 @@ def test_the_configmap_holds_a_valid_reconciler_config(monkeypatch):
 
     with open(os.path.join(DEPLOY, "configmap.yaml"), encoding="utf-8") as handle:
         configmap = yaml.safe_load(handle)
-    text = expand_environment(configmap["data"]["reconciler.yaml"], {"NODE_NAME": "node-a", "NODE_IP": "10.0.0.7"})
+    environment = {"NODE_NAME": "node-a", "NODE_IP": "10.0.0.7", "POOLS": configmap["data"]["pools"]}
+    text = expand_environment(configmap["data"]["reconciler.yaml"], environment)
     config = parse_node_config(yaml.safe_load(text))
     assert config.node_name == "node-a" and str(config.bgp.router_id) == "10.0.0.7"
+    # The reconciler's pools are the plugin's (the install step reads the same key).
+    assert [str(pool) for pool in config.pools] == configmap["data"]["pools"].split(",")

@@ -254,6 +254,7 @@ def test_node_config_kubernetes_settings_defaults_aliases_and_strictness():
     config = parse_node_config(
         {
             "nodeName": NODE,
+            "pools": ["192.0.2.0/24"],
             "readiness": {
                 "source": "kubernetes",
                 "kubernetes": {
@@ -602,6 +603,7 @@ HOP4 = NextHop(ip_address("10.1.0.2"), "veth-a")
 def daemon_config(tmp_path, kubeconfig: str, **kubernetes) -> str:
     config = {
         "nodeName": NODE,
+        "pools": ["192.0.2.0/24", "2001:db8:a::/64"],
         "stateDir": str(tmp_path / "state"),
         "readiness": {
             "source": "kubernetes",

@@ -41,6 +41,7 @@ def allocation(cid, pod_ips, anycast=(A6, A4), state="committed"):
     )
 
 
+POOLS = (ip_network("2001:db8:a::/64"), ip_network("192.0.2.0/24"))
 POD_A = allocation("a", ["10.1.0.2", "fd00::2"])
 POD_B = allocation("b", ["10.1.0.3", "fd00::3"])
 
@@ -86,6 +87,7 @@ class Lab:
             kernel=self.kernel,
             bird=self.bird,
             settings=self.settings,
+            pools=POOLS,
             clock=self.clock,
         )
 
@@ -364,7 +366,7 @@ def test_backoff_doubles_up_to_the_maximum():
     assert [backoff_delay(n, 0.5, 4.0) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
 
 
-def test_corrupt_state_after_a_good_read_keeps_everything_and_reports_unready():
+def test_unlistable_state_directory_after_a_good_read_keeps_everything_and_reports_unready():
     lab = Lab(POD_A)
     lab.reconcile()
     lab.store.corrupt()
@@ -379,7 +381,7 @@ def test_corrupt_state_after_a_good_read_keeps_everything_and_reports_unready():
     assert lab.bird.exported == {P4, P6}
     health = lab.reconciler.health()
     assert not health.state_ok and not health.ready
-    assert any("not valid JSON" in problem for problem in health.problems)
+    assert any("cannot list state directory" in problem for problem in health.problems)
     assert report.result == "ok"  # the pass itself ran on the last good view
     assert metric(lab, "flock_reconciler_state_read_errors_total") == 2
 

@@ -42,6 +42,7 @@ def allocation(cid="a", state="committed"):
 def write_config(tmp_path, **overrides):
     config = {
         "nodeName": "node-1",
+        "pools": ["2001:db8:a::/64", "192.0.2.0/24"],
         "stateDir": str(tmp_path / "state"),
         "drainDelay": 0.05,
         "resyncInterval": 30,
@@ -147,17 +148,30 @@ def test_once_exits_1_when_bird_fails(tmp_path):
     assert run(["--config", write_config(tmp_path), "--once"], fakes.runtime) == 1
 
 
-@pytest.mark.parametrize("corrupt", ["allocations/flocknet+b+eth0.json", "state.json"], ids=["record", "flock 0.1 state.json"])
-def test_once_with_corrupt_state_changes_nothing_and_exits_1(tmp_path, corrupt):
+def test_once_with_a_corrupt_flock_0_1_state_file_changes_nothing_and_exits_1(tmp_path):
     fakes = Fakes()
     fakes.kernel.routes = {P4: frozenset({HOP4})}
     with StateStore(str(tmp_path / "state")).transaction() as transaction:
-        transaction.put(allocation())  # a good record next to the corrupt one
-    path = tmp_path / "state" / corrupt
+        transaction.put(allocation())
+    path = tmp_path / "state" / "state.json"  # while it exists it is the whole truth
     path.write_text("{not json")
 
     assert run(["--config", write_config(tmp_path), "--once"], fakes.runtime) == 1
     assert fakes.journal == []
+    assert path.read_text() == "{not json"
+
+
+def test_once_with_a_corrupt_record_applies_the_others_and_exits_1(tmp_path):
+    """Issue 11 #5: one corrupt record blocks only itself; --once still says something is wrong."""
+    fakes = Fakes()
+    with StateStore(str(tmp_path / "state")).transaction() as transaction:
+        transaction.put(allocation())  # a good record next to the corrupt one
+    path = tmp_path / "state" / "allocations" / "flocknet+b+eth0.json"
+    path.write_text("{not json")
+
+    assert run(["--config", write_config(tmp_path), "--once"], fakes.runtime) == 1
+    assert fakes.kernel.routes == {P4: {HOP4}, P6: {HOP6}}
+    assert fakes.bird.exported == {P4, P6}
     assert path.read_text() == "{not json"
 
 
@@ -234,17 +248,26 @@ def test_daemon_keeps_running_on_a_corrupt_record_and_recovers(daemon, tmp_path)
     # A record file appearing in allocations/ wakes the loop (no resync within the test: 30 s).
     corrupt = tmp_path / "state" / "allocations" / "flocknet+b+eth0.json"
     corrupt.write_text("{not json")
-    assert deadline_poll(lambda: get(base + "/readyz")[0] == 503), "a corrupt record did not wake the loop"
-    detail = json.loads(get(base + "/readyz")[1])
-    assert any("state" in problem and str(corrupt) in problem for problem in detail["problems"]), detail
-    # The last good view stays applied, and the loop is still alive.
+    assert deadline_poll(
+        lambda: json.loads(get(base + "/readyz")[1])["unreadable_records"] == 1
+    ), "a corrupt record did not wake the loop"
+    status, body = get(base + "/readyz")
+    detail = json.loads(body)
+    # One attachment's problem: a warning naming the file, not an unready node.
+    assert status == 200 and detail["problems"] == [], detail
+    assert any("flocknet+b+eth0.json" in warning and "not valid JSON" in warning for warning in detail["warnings"])
+    assert "flock_reconciler_state_unreadable_records 1.0" in get(base + "/metrics")[1]
+    # The good record stays applied, and the loop is still alive.
     assert fakes.bird.exported == {P4, P6}
     assert fakes.kernel.routes == {P4: {HOP4}, P6: {HOP6}}
     assert "code" not in result
     assert corrupt.read_text() == "{not json"
 
     corrupt.unlink()
-    assert deadline_poll(lambda: get(base + "/readyz")[0] == 200), "removing the corrupt record did not wake the loop"
+    assert deadline_poll(
+        lambda: json.loads(get(base + "/readyz")[1])["unreadable_records"] == 0
+    ), "removing the corrupt record did not wake the loop"
+    assert get(base + "/readyz")[0] == 200
     with store.transaction() as transaction:
         transaction.remove(("flocknet", "a", "eth0"))
     assert deadline_poll(lambda: fakes.bird.exported == set())

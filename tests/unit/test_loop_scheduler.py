@@ -39,6 +39,9 @@ class CountingReconciler:
     def next_deadline(self):
         return self.deadline
 
+    def next_bird_probe(self):
+        return None
+
     def wait_passes(self, count, timeout=5.0):
         with self.changed:
             assert self.changed.wait_for(lambda: len(self.passes) >= count, timeout), self.passes

@@ -8,7 +8,7 @@ import pytest
 
 from netconf.node import NodeConfigError, load_node_config, parse_node_config
 
-MINIMAL = {"nodeName": "node-1"}
+MINIMAL = {"nodeName": "node-1", "pools": ["192.0.2.0/24"]}
 
 
 def test_minimal_config_takes_the_documented_defaults():
@@ -30,6 +30,7 @@ def test_full_config_from_yaml(tmp_path):
     path.write_text(
         """
 nodeName: node-1
+pools: [192.0.2.0/24, "2001:db8:a::/64"]
 stateDir: /run/flock-test
 readiness: {source: file, file: /run/flock-test/ready.yaml}
 routes: {protocol: 71, table: 100}
@@ -106,3 +107,28 @@ def test_unreadable_and_non_yaml_files_are_config_errors(tmp_path):
     bad.write_text("nodeName: [unclosed\n")
     with pytest.raises(NodeConfigError, match="not valid YAML"):
         load_node_config(str(bad))
+
+
+@pytest.mark.parametrize(
+    "pools, message",
+    [
+        (None, "pools: Field required"),
+        ([], "at least 1"),
+        (["192.0.2.1/24"], "host bits set"),
+        (["not-a-net"], "not a network"),
+        ([24], "CIDR string"),
+    ],
+    ids=["missing", "empty", "host bits", "junk", "not a string"],
+)
+def test_pools_are_required_networks(pools, message):
+    """Issue 11 #7: no default that would route everything, or withdraw a node upgraded without pools."""
+    data = {"nodeName": "node-1", **({} if pools is None else {"pools": pools})}
+    with pytest.raises(NodeConfigError, match=message):
+        parse_node_config(data)
+
+
+def test_pools_and_probe_interval_parse():
+    config = parse_node_config({**MINIMAL, "pools": ["192.0.2.0/24", "2001:db8:a::/64"], "bird": {"probeInterval": 0.2}})
+    assert [str(pool) for pool in config.pools] == ["192.0.2.0/24", "2001:db8:a::/64"]
+    assert config.bird.probe_interval == 0.2
+    assert parse_node_config(MINIMAL).bird.probe_interval == 0.5
