@@ -18,6 +18,12 @@ from netconf.versions import LATEST_VERSION, SUPPORTED_VERSIONS, at_least
 # GC and STATUS in 1.1.0).
 MINIMUM_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
+# Deepest nesting of objects and arrays accepted on stdin. What runtimes send
+# is four levels deep (prevResult.interfaces[].name); past Python's recursion
+# limit (1000 frames) json.loads, repr() and json.dumps fail, and how far
+# below it depends on the caller's stack. 64 keeps every step clear of it.
+MAX_NESTING = 64
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~8 ms of an exec; annotations only
     from collections.abc import Callable, Mapping
@@ -62,12 +68,14 @@ def run(
             _emit(stdout, result)
         return 0
     except CniError as exc:
-        _logger(setup_logging).error("%s failed: %s (%s)", environ.get("CNI_COMMAND", "?"), exc.msg, exc.details)
+        # The answer first: stdout is the protocol, and logging (a log file
+        # that cannot be opened, a closed stderr) must never keep it back.
         _emit(stdout, exc.to_json(reply_version))
+        _log_failure(setup_logging, "%s failed: %s (%s)", environ.get("CNI_COMMAND", "?"), exc.msg, exc.details)
         return 1
     except Exception as exc:  # the one broad catch: unknown failures are code 999
-        _logger(setup_logging).exception("unexpected failure")
         _emit(stdout, CniError("unexpected failure in flock-anycast", repr(exc)).to_json(reply_version))
+        _log_failure(setup_logging, "unexpected failure", unexpected=True)
         return 1
 
 
@@ -99,17 +107,25 @@ def _serve(command: str, env, document: dict[str, Any], setup_logging: LoggingSe
     return handler(context)
 
 
-def _logger(setup_logging: LoggingSetup | None):
-    """The dispatcher's logger, with the process's handlers set up first.
+def _log_failure(setup_logging: LoggingSetup | None, msg: str, *args: object, unexpected: bool = False) -> None:
+    """Log a failure already reported on stdout; never raises.
 
     Only failures log here, through cni_plugin.plugin_log, which imports
     logging on the first record that is due, so VERSION never pays for it.
+    Called from an ``except`` block, so ``unexpected`` logs the traceback.
     """
-    from cni_plugin.plugin_log import get_logger
+    try:
+        from cni_plugin.plugin_log import get_logger
 
-    if setup_logging is not None:
-        setup_logging(None)
-    return get_logger("flock.cni")
+        if setup_logging is not None:
+            setup_logging(None)
+        logger = get_logger("flock.cni")
+        if unexpected:
+            logger.exception(msg, *args)
+        else:
+            logger.error(msg, *args)
+    except Exception:  # the answer is out; a broken log must not change the exit code
+        pass
 
 
 def _merged_args(cni_args: Mapping[str, str], config) -> dict[str, str]:
@@ -134,19 +150,61 @@ def _peek_version(raw: bytes) -> str | None:
     """The config's cniVersion if it is one we speak, for the error envelope."""
     try:
         version = json.loads(raw).get("cniVersion")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return version if version in SUPPORTED_VERSIONS else None
 
 
 def _decode(raw: bytes) -> dict[str, Any]:
+    """The stdin document; raises DecodeFailure (code 6).
+
+    Besides invalid JSON: nesting deeper than MAX_NESTING, and strings that
+    are not Unicode text (lone UTF-16 surrogates, which json accepts from
+    ``\\ud800`` escapes and from UTF-8-encoded surrogates) — they would fail
+    later, when a record or the result is written, as code 999.
+    """
     try:
         document = json.loads(raw)
     except ValueError as exc:
         raise DecodeFailure("network config on stdin is not valid JSON", str(exc)) from exc
+    except RecursionError as exc:
+        raise DecodeFailure(
+            "network config on stdin is nested too deeply", f"more than {MAX_NESTING} levels of objects and arrays"
+        ) from exc
     if not isinstance(document, dict):
         raise DecodeFailure("network config on stdin is not a JSON object", type(document).__name__)
+    _check_decoded(document)
     return document
+
+
+def _check_decoded(document: dict[str, Any]) -> None:
+    """Walk the document once, without recursion; raises DecodeFailure."""
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        container, depth = pending.pop()
+        if depth > MAX_NESTING:
+            raise DecodeFailure(
+                "network config on stdin is nested too deeply", f"more than {MAX_NESTING} levels of objects and arrays"
+            )
+        if isinstance(container, dict):
+            for key in container:
+                _check_text(key)
+            values = container.values()
+        else:
+            values = container
+        for value in values:
+            if isinstance(value, str):
+                _check_text(value)
+            elif isinstance(value, (dict, list)):
+                pending.append((value, depth + 1))
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise DecodeFailure("network config on stdin holds a string that is not Unicode text", str(exc)) from exc
 
 
 def _requested_version(document: dict[str, Any]) -> str:

@@ -29,7 +29,8 @@ REQUIRED_VARIABLES: dict[str, tuple[str, ...]] = {
     "VERSION": (),
 }
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Matched with fullmatch: "$" would also match before a trailing newline.
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
 _IFNAMSIZ = 15  # kernel IFNAMSIZ 16, minus the terminating NUL
 
@@ -80,7 +81,8 @@ def parse_environment(environ: Mapping[str, str]) -> CniEnvironment:
 
     Missing variables are reported all at once so an operator fixes the
     runtime config in one round. NETNS and IFNAME are not validated for
-    VERSION, STATUS and GC, where libcni sends dummies or nothing.
+    VERSION, STATUS and GC, where libcni sends dummies or nothing. A NUL
+    byte or invalid UTF-8 in a variable the verb uses is refused too.
     """
     command = read_command(environ)
     missing = [name for name in REQUIRED_VARIABLES[command] if not environ.get(name)]
@@ -92,6 +94,8 @@ def parse_environment(environ: Mapping[str, str]) -> CniEnvironment:
     container_id = environ.get("CNI_CONTAINERID", "")
     ifname = environ.get("CNI_IFNAME", "")
     if command in ("ADD", "DEL", "CHECK"):
+        for name in ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"):
+            _check_text(name, environ.get(name, ""))
         _check_container_id(container_id)
         _check_ifname(ifname)
     return CniEnvironment(
@@ -99,7 +103,7 @@ def parse_environment(environ: Mapping[str, str]) -> CniEnvironment:
         container_id=container_id,
         netns=environ.get("CNI_NETNS", ""),
         ifname=ifname,
-        args=parse_cni_args(environ.get("CNI_ARGS", "")),
+        args=parse_cni_args(_check_text("CNI_ARGS", environ.get("CNI_ARGS", ""))),
         path=environ.get("CNI_PATH", ""),
     )
 
@@ -117,8 +121,24 @@ def parse_cni_args(text: str) -> dict[str, str]:
     return parsed
 
 
+def _check_text(name: str, value: str) -> str:
+    """No NUL byte, and valid UTF-8 (no lone surrogates from os.environ's surrogateescape).
+
+    Neither can come from a real environment block or a sane runtime, and
+    both would fail later, in open() or in a record's JSON, as code 999.
+    """
+    if "\0" in value:
+        raise InvalidEnvironment(f"{name} contains a NUL byte")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidEnvironment(f"{name} is not valid UTF-8", str(exc)) from exc
+    return value
+
+
 def _check_container_id(container_id: str) -> None:
-    if not _CONTAINER_ID.match(container_id):
+    if not _CONTAINER_ID.fullmatch(container_id):
         raise InvalidEnvironment(
             f"invalid CNI_CONTAINERID {container_id!r}",
             "must match ^[A-Za-z0-9][A-Za-z0-9_.-]*$",

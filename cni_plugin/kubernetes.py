@@ -11,59 +11,96 @@ GET needs none of what they add (watches, retries, typed models). The
 reconciler, which holds a long-lived watch, does use a client library.
 Only the kubeconfig forms a node plugin meets are read: token or token
 file, client certificate and key (file or data), CA (file or data).
+
+Everything read is bounded (files, the API's answer, the annotation), no
+file is opened unless it is a regular file (regular_files), and error
+details name the field that is wrong, never what a file holds: they end up
+in pod events, and a kubeconfig path may be a symlink to anything.
+No dataclasses or typing at run time: this is on the ADD path of every pod
+of a Kubernetes node.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
-import tempfile
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, urlsplit
+import re
 
-from netconf.errors import InvalidConfig, KubernetesRefused, KubernetesUnreachable
+from netconf.errors import AnycastLimitExceeded, InvalidConfig, IOFailure, KubernetesRefused, KubernetesUnreachable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+# A kubeconfig with inline certificates is a few KiB; token, CA and client
+# files are smaller still.
+MAX_KUBECONFIG_BYTES = 1 << 20
+MAX_CREDENTIAL_FILE_BYTES = 1 << 20
+# The API server stores an object in etcd only up to 1.5 MiB; a pod's JSON
+# is rarely over 100 KiB. 4 MiB is never a real pod.
+MAX_POD_BYTES = 4 << 20
+# 64 addresses (anycast.MAX_ADDRESSES) in their longest text with ", "
+# between them take under 3,300 bytes.
+MAX_ANNOTATION_BYTES = 4096
+
+# RFC 6750 b64token: what a bearer token may hold. Anything else (a newline,
+# a control character) would make http.client raise with the header value —
+# the token — in the message.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 
 
-@dataclass(frozen=True)
 class ApiCredentials:
-    server: str
-    token: str | None = None
-    ca_file: str | None = None
-    ca_data: bytes | None = None
-    client_cert: bytes | None = None
-    client_key: bytes | None = None
-    insecure: bool = False
+    """Where the API server is and how to authenticate to it."""
+
+    __slots__ = ("server", "token", "ca_data", "client_cert", "client_key", "insecure")
+
+    def __init__(
+        self,
+        server: str,
+        token: str | None = None,
+        ca_data: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+        insecure: bool = False,
+    ) -> None:
+        self.server = server
+        self.token = token
+        self.ca_data = ca_data
+        self.client_cert = client_cert
+        self.client_key = client_key
+        self.insecure = insecure
 
 
 def load_kubeconfig(path: str) -> ApiCredentials:
-    """The current context's server and credentials; raises InvalidConfig (code 7)."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise InvalidConfig(f"cannot read kubeconfig {path}", repr(exc)) from exc
+    """The current context's server and credentials; raises InvalidConfig (code 7).
+
+    CA and client files named in the kubeconfig are read here, through the
+    same checks as the kubeconfig, and handed to ssl as data.
+    """
+    raw = _read_file(path, MAX_KUBECONFIG_BYTES, "kubeconfig")
     document = _parse_yaml_or_json(raw, path)
-    try:
-        context_name = document["current-context"]
-        context = _named(document.get("contexts"), context_name)["context"]
-        cluster = _named(document.get("clusters"), context["cluster"])["cluster"]
-        user = _named(document.get("users"), context["user"])["user"] if context.get("user") else {}
-    except (KeyError, TypeError) as exc:
-        raise InvalidConfig(f"kubeconfig {path} has no usable current context", repr(exc)) from exc
+    context_name = _string(document, "current-context", "", path)
+    context = _named(document, "contexts", context_name, path)
+    cluster = _named(document, "clusters", _string(context, "cluster", "context", path), path)
+    user_name = _string(context, "user", "context", path, required=False)
+    user = _named(document, "users", user_name, path) if user_name else {}
     base = os.path.dirname(path)
-    token = user.get("token")
-    if not token and user.get("tokenFile"):
-        token = _read_file(os.path.join(base, user["tokenFile"])).decode().strip()
+    token = _string(user, "token", "user", path, required=False)
+    token_file = _string(user, "tokenFile", "user", path, required=False)
+    if not token and token_file:
+        token = _text(_read_file(os.path.join(base, token_file), MAX_CREDENTIAL_FILE_BYTES, "tokenFile"), "tokenFile", path).strip()
+    if token and not _BEARER_TOKEN.fullmatch(token):
+        raise InvalidConfig(f"kubeconfig {path}: the user's token is not a bearer token", "RFC 6750 b64token characters only")
     return ApiCredentials(
-        server=cluster["server"].rstrip("/"),
-        token=token,
-        ca_file=os.path.join(base, cluster["certificate-authority"]) if cluster.get("certificate-authority") else None,
-        ca_data=base64.b64decode(cluster["certificate-authority-data"]) if cluster.get("certificate-authority-data") else None,
-        client_cert=_data_or_file(user, "client-certificate", base),
-        client_key=_data_or_file(user, "client-key", base),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        server=_server_url(_string(cluster, "server", "cluster", path), path),
+        token=token or None,
+        ca_data=_data_or_file(cluster, "certificate-authority", base, "cluster", path),
+        client_cert=_data_or_file(user, "client-certificate", base, "user", path),
+        client_key=_data_or_file(user, "client-key", base, "user", path),
+        insecure=cluster.get("insecure-skip-tls-verify") is True,
     )
 
 
@@ -71,9 +108,14 @@ def get_pod_annotation(credentials: ApiCredentials, namespace: str, name: str, k
     """The pod's annotation ``key`` (None when absent).
 
     Raises KubernetesUnreachable (code 11: the runtime retries the ADD) for
-    network failures, timeouts, 5xx and a pod not (yet) found, and
-    KubernetesRefused (code 107) when the credentials are rejected.
+    network failures, timeouts, 5xx, a pod not (yet) found and an answer
+    that is not a pod; KubernetesRefused (code 107) when the credentials are
+    rejected; AnycastLimitExceeded (108) for an answer over MAX_POD_BYTES;
+    InvalidConfig (7) for TLS material ssl cannot use, IOFailure (5) when
+    the client certificate cannot be staged for ssl.
     """
+    from urllib.parse import quote
+
     path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
     status, body = _get(credentials, path, timeout)
     if status in (401, 403):
@@ -87,29 +129,43 @@ def get_pod_annotation(credentials: ApiCredentials, namespace: str, name: str, k
         )
     try:
         pod = json.loads(body)
-    except ValueError as exc:
-        raise KubernetesUnreachable(f"API server sent an unreadable pod {namespace}/{name}", repr(exc)) from exc
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    return annotations.get(key)
+    except (ValueError, RecursionError) as exc:
+        raise KubernetesUnreachable(f"API server sent an unreadable pod {namespace}/{name}", type(exc).__name__) from exc
+    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+    annotations = (metadata.get("annotations") if isinstance(metadata, dict) else None) or {}
+    value = annotations.get(key) if isinstance(annotations, dict) else None
+    if value is not None and not isinstance(value, str):
+        raise KubernetesUnreachable(f"API server sent an unreadable pod {namespace}/{name}", f"annotation {key} is not a string")
+    return value
 
 
 def _get(credentials: ApiCredentials, path: str, timeout: float) -> tuple[int, bytes]:
     import http.client
     import socket
+    from urllib.parse import urlsplit
 
     url = urlsplit(credentials.server)
     headers = {"Accept": "application/json", "User-Agent": "flock-anycast"}
     if credentials.token:
         headers["Authorization"] = f"Bearer {credentials.token}"
+    # Built before connecting: unusable TLS material is the config's fault
+    # (code 7), not the network's (ssl.SSLError is an OSError).
+    context = _tls_context(credentials) if url.scheme == "https" else None
     try:
-        if url.scheme == "https":
-            connection = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=timeout, context=_tls_context(credentials))
+        if context is not None:
+            connection = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=timeout, context=context)
         else:
             connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout)
         try:
             connection.request("GET", url.path.rstrip("/") + path, headers=headers)
             response = connection.getresponse()
-            return response.status, response.read()
+            length = response.getheader("Content-Length")
+            if length is not None and length.isdigit() and int(length) > MAX_POD_BYTES:
+                raise _pod_too_large(credentials, path)
+            body = response.read(MAX_POD_BYTES + 1)  # never more, whatever the server streams
+            if len(body) > MAX_POD_BYTES:
+                raise _pod_too_large(credentials, path)
+            return response.status, body
         finally:
             connection.close()
     except (OSError, http.client.HTTPException, socket.timeout) as exc:
@@ -118,67 +174,163 @@ def _get(credentials: ApiCredentials, path: str, timeout: float) -> tuple[int, b
         ) from exc
 
 
+def _pod_too_large(credentials: ApiCredentials, path: str) -> AnycastLimitExceeded:
+    return AnycastLimitExceeded(
+        f"API server {credentials.server} answered {path} with more than {MAX_POD_BYTES} bytes",
+        "a pod that large is refused unread",
+    )
+
+
 def _tls_context(credentials: ApiCredentials):
     import ssl
+    import tempfile
 
-    context = ssl.create_default_context(cafile=credentials.ca_file, cadata=credentials.ca_data.decode() if credentials.ca_data else None)
-    if credentials.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if credentials.client_cert and credentials.client_key:
-        # ssl wants files; they live only for this call, readable by root alone.
-        with tempfile.NamedTemporaryFile() as cert, tempfile.NamedTemporaryFile() as key:
-            cert.write(credentials.client_cert)
-            key.write(credentials.client_key)
-            cert.flush()
-            key.flush()
-            context.load_cert_chain(cert.name, key.name)
+    try:
+        context = ssl.create_default_context(cadata=_ca_text(credentials.ca_data) if credentials.ca_data else None)
+        if credentials.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if credentials.client_cert and credentials.client_key:
+            # ssl wants files; they live only for this call, readable by root alone.
+            with tempfile.NamedTemporaryFile() as cert, tempfile.NamedTemporaryFile() as key:
+                cert.write(credentials.client_cert)
+                key.write(credentials.client_key)
+                cert.flush()
+                key.flush()
+                context.load_cert_chain(cert.name, key.name)
+    except (ssl.SSLError, ValueError) as exc:
+        raise InvalidConfig(
+            "kubeconfig: the CA or client certificate cannot be used", f"{type(exc).__name__}: {getattr(exc, 'reason', '')}"
+        ) from exc
+    except OSError as exc:  # the temp files for the client certificate
+        raise IOFailure("cannot hand the client certificate to ssl", repr(exc)) from exc
     return context
+
+
+def _ca_text(data: bytes) -> str | bytes:
+    """PEM as text (ssl wants str for PEM), DER as bytes."""
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        return data
+
+
+def _read_file(path: str, limit: int, what: str) -> bytes:
+    from cni_plugin.regular_files import read_regular_file
+
+    try:
+        return read_regular_file(path, limit)
+    except (OSError, ValueError) as exc:
+        raise InvalidConfig(f"cannot read {what} {path}", _describe(exc)) from exc
+
+
+def _describe(exc: Exception) -> str:
+    """An OSError in words: its message and errno name, no file content (there is none in it)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def _parse_yaml_or_json(raw: bytes, path: str) -> dict[str, Any]:
     try:
         document = json.loads(raw)  # install-cni writes JSON; skips the YAML import
+    except RecursionError as exc:
+        raise InvalidConfig(f"kubeconfig {path} is nested too deeply") from exc
     except ValueError:
-        import yaml
-
-        try:
-            document = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise InvalidConfig(f"kubeconfig {path} is neither JSON nor YAML", str(exc)) from exc
+        document = _parse_yaml(raw, path)
     if not isinstance(document, dict):
         raise InvalidConfig(f"kubeconfig {path} is not a mapping")
     return document
 
 
-def _named(items, name: str) -> dict[str, Any]:
-    for item in items or []:
-        if item.get("name") == name:
-            return item
-    raise KeyError(name)
+def _parse_yaml(raw: bytes, path: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except RecursionError as exc:
+        raise InvalidConfig(f"kubeconfig {path} is nested too deeply") from exc
+    except yaml.YAMLError as exc:
+        # YAML's own message quotes the offending line: position only.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InvalidConfig(f"kubeconfig {path} is neither JSON nor YAML", f"{type(exc).__name__}{where}") from exc
 
 
-def _data_or_file(user: dict[str, Any], key: str, base: str) -> bytes | None:
-    if user.get(f"{key}-data"):
-        return base64.b64decode(user[f"{key}-data"])
-    if user.get(key):
-        return _read_file(os.path.join(base, user[key]))
+def _string(mapping: dict[str, Any], key: str, where: str, path: str, required: bool = True) -> str | None:
+    value = mapping.get(key)
+    label = f"{where}.{key}" if where else key
+    if value is None or value == "":
+        if required:
+            raise InvalidConfig(f"kubeconfig {path}: {label} is missing")
+        return None
+    if not isinstance(value, str):
+        raise InvalidConfig(f"kubeconfig {path}: {label} is not a string", type(value).__name__)
+    return value
+
+
+def _named(document: dict[str, Any], section: str, name: str, path: str) -> dict[str, Any]:
+    """The ``context``/``cluster``/``user`` mapping of the ``section`` entry called ``name``."""
+    field = section[:-1]
+    items = document.get(section)
+    if not isinstance(items, list):
+        raise InvalidConfig(f"kubeconfig {path}: {section} is not a list")
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == name:
+            value = item.get(field)
+            if not isinstance(value, dict):
+                raise InvalidConfig(f"kubeconfig {path}: the {field} of the current context is not a mapping")
+            return value
+    raise InvalidConfig(f"kubeconfig {path}: no {field} of that name in {section}", "named by the current context")
+
+
+def _server_url(server: str, path: str) -> str:
+    from urllib.parse import urlsplit
+
+    problem = None
+    if _URL_FORBIDDEN.search(server):
+        problem = "contains whitespace or control characters"
+    else:
+        try:
+            url = urlsplit(server)
+            url.port  # raises ValueError for a port that is not a number in range
+        except ValueError:
+            problem = "has an invalid port"
+        else:
+            if url.scheme not in ("http", "https") or not url.hostname:
+                problem = "is not an http(s) URL with a host"
+    if problem:
+        raise InvalidConfig(f"kubeconfig {path}: cluster.server {problem}")
+    return server.rstrip("/")
+
+
+def _data_or_file(section: dict[str, Any], key: str, base: str, where: str, path: str) -> bytes | None:
+    data = _string(section, f"{key}-data", where, path, required=False)
+    if data:
+        try:
+            return base64.b64decode(data)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidConfig(f"kubeconfig {path}: {where}.{key}-data is not base64") from exc
+    name = _string(section, key, where, path, required=False)
+    if name:
+        return _read_file(os.path.join(base, name), MAX_CREDENTIAL_FILE_BYTES, f"{where}.{key}")
     return None
 
 
-def _read_file(path: str) -> bytes:
+def _text(raw: bytes, what: str, path: str) -> str:
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise InvalidConfig(f"cannot read {path} named in the kubeconfig", repr(exc)) from exc
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidConfig(f"kubeconfig {path}: {what} is not UTF-8 text") from exc
 
 
 def annotated_anycast(config, env):
     """The anycast request from the pod annotation, or None when this source does not apply.
 
-    Raises what get_pod_annotation raises, and InvalidAnycastAddress for a
-    malformed annotation.
+    Raises what load_kubeconfig and get_pod_annotation raise,
+    AnycastLimitExceeded for an annotation over MAX_ANNOTATION_BYTES or with
+    too many addresses (before any is parsed), and InvalidAnycastAddress for
+    a malformed one.
     """
     from cni_plugin.anycast import AnycastRequest, parse_anycast_addresses, split_addresses
 
@@ -188,8 +340,13 @@ def annotated_anycast(config, env):
         return None
     credentials = load_kubeconfig(config.flock.kubeconfig)
     value = get_pod_annotation(credentials, namespace, name, config.flock.annotation, config.flock.api_timeout)
-    items = split_addresses(value)
+    source = f"annotation {config.flock.annotation} of pod {namespace}/{name}"
+    if value is not None and (len(value) > MAX_ANNOTATION_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_ANNOTATION_BYTES):
+        raise AnycastLimitExceeded(
+            f"{source} is longer than {MAX_ANNOTATION_BYTES} bytes",
+            f"at most {MAX_ANNOTATION_BYTES} bytes of comma-separated addresses are read",
+        )
+    items = split_addresses(value, source)
     if not items:
         return None
-    source = f"annotation {config.flock.annotation} of pod {namespace}/{name}"
     return AnycastRequest(source, parse_anycast_addresses(items, source))

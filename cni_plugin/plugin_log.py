@@ -23,6 +23,7 @@ _ROOT = "flock"
 _threshold = LEVELS["warning"]
 _log_file: str | None = None
 _installed = False
+_log_files_tried: set[str] = set()  # opened or refused: each is tried once per exec
 
 
 def configure(level: str = "warning", log_file: str | None = None) -> None:
@@ -85,12 +86,19 @@ def _install():
         logger.propagate = False
         _installed = True
     logger.setLevel(_threshold)
-    if _log_file and not any(getattr(handler, "baseFilename", None) == _log_file for handler in logger.handlers):
+    if _log_file and _log_file not in _log_files_tried:
+        _log_files_tried.add(_log_file)
+        from cni_plugin.regular_files import open_for_append
+
         try:
-            handler = logging.FileHandler(_log_file)
-        except OSError as exc:
-            logger.warning("cannot open log file %s: %s", _log_file, exc)
+            stream = open_for_append(_log_file)
+        except (OSError, ValueError) as exc:
+            # Logging is not the protocol: a log file that cannot be used
+            # must not fail the verb (a failed ADD tears the pod down).
+            # Said once per exec, on stderr, which the runtime keeps.
+            logger.error("cannot use log file %r, logging to stderr only: %s", _log_file, exc)
         else:
+            handler = logging.StreamHandler(stream)
             handler.setFormatter(logging.Formatter(_FORMAT))
             logger.addHandler(handler)
     return logger

@@ -195,12 +195,7 @@ def cmd_del(context: VerbContext) -> None:
         record = transaction.get(context.key)
         if record is None:
             return
-        if record.state != "pending":
-            record = record.replace(state="pending", updated_at=utc_now())
-            transaction.put(record)
-            transaction.flush()
-        if _recorded_netns_alive(context, record):
-            _release_addresses(context, transaction, record, record.anycast)
+        _release_attachment(context, transaction, record)
         transaction.remove(context.key)
     log.info("DEL %s/%s: released %s", context.env.container_id, context.env.ifname, ", ".join(map(str, record.anycast)))
 
@@ -271,12 +266,7 @@ def cmd_gc(context: VerbContext) -> None:
                     record = transaction.get(key)
                     if record is None:
                         continue
-                    if record.state != "pending":
-                        record = record.replace(state="pending", updated_at=utc_now())
-                        transaction.put(record)
-                        transaction.flush()
-                    if _recorded_netns_alive(context, record):
-                        _release_addresses(context, transaction, record, record.anycast)
+                    _release_attachment(context, transaction, record)
                     transaction.remove(key)
                     transaction.flush()
                     cleaned += 1
@@ -286,6 +276,23 @@ def cmd_gc(context: VerbContext) -> None:
         log.info("GC removed %d stale allocations", cleaned)
     if failures:
         raise CleanupFailed(f"GC could not clean up {len(failures)} allocations", "; ".join(failures))
+
+
+def _release_attachment(context: VerbContext, transaction: Transaction, record: Allocation) -> None:
+    """Take a departing attachment's addresses off its ``lo``; the caller then removes the record.
+
+    The record is marked ``pending`` (durably) before ``lo`` is touched, so
+    a crash half-way never leaves a committed record whose addresses are
+    gone (advertised, but answered by nobody). With the namespace gone
+    there is nothing to touch and nothing to mark.
+    """
+    if not _recorded_netns_alive(context, record):
+        return
+    if record.state != "pending":
+        record = record.replace(state="pending", updated_at=utc_now())
+        transaction.put(record)
+        transaction.flush()
+    _release_addresses(context, transaction, record, record.anycast)
 
 
 def _recorded_netns_alive(context: VerbContext, record: Allocation) -> bool:

@@ -47,8 +47,21 @@ def format_network(network: IPNetwork) -> str:
 
 
 def absolute_path(value: str) -> str:
+    """An absolute path the kernel can take; raises ValueError."""
     if not value.startswith("/"):
         raise ValueError("stateDir must be an absolute path")
+    return file_path(value)
+
+
+def file_path(value: str) -> str:
+    """A path without NUL bytes; raises ValueError.
+
+    The kernel's paths end at the first NUL, so Python refuses them at
+    open() with ValueError: caught here, it is a config error (code 7)
+    instead of an unexpected failure (999) halfway through a verb.
+    """
+    if "\0" in value:
+        raise ValueError("path contains a NUL byte")
     return value
 
 

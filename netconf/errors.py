@@ -89,7 +89,7 @@ class LockTimeout(TryAgainLater):
 
 
 class InvalidAnycastAddress(CniError):
-    """An anycast address does not parse as a host IP address."""
+    """An anycast address is not a host IP address that can be routed as anycast."""
 
     code = 100
 
@@ -138,3 +138,13 @@ class KubernetesRefused(CniError):
     """The API server refused the plugin's credentials (401/403): fix RBAC or kubeconfig."""
 
     code = 107
+
+
+class AnycastLimitExceeded(CniError):
+    """Too many anycast addresses for one attachment, or an oversized annotation or pod.
+
+    Refused before anything is parsed: whoever can annotate a pod must not
+    be able to make every ADD burn CPU.
+    """
+
+    code = 108

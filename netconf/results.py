@@ -29,7 +29,16 @@ _ROUTE_FIELDS_1_1 = ("mtu", "advmss", "priority", "table", "scope")
 
 
 def check_interface_address(value: str) -> str:
-    """``ips[].address`` must be an address with a prefix length; raises ValueError."""
+    """``ips[].address`` must be an address with a prefix length; raises ValueError.
+
+    SPEC.md: "an IP address in CIDR notation". ``ipaddress`` would take a
+    bare address as a host prefix and an IPv6 scope id; libcni's Go parser
+    (net.ParseCIDR) takes neither, so neither do we.
+    """
+    if "/" not in value:
+        raise ValueError(f"{value!r} has no prefix length (CIDR notation, e.g. 10.0.0.5/24)")
+    if "%" in value:
+        raise ValueError(f"{value!r} has a scope id")
     ipaddress.ip_interface(value)
     return value
 

@@ -88,3 +88,26 @@ def test_invalid_prev_result_is_code_7(bad):
     with pytest.raises(InvalidConfig) as raised:
         parse_result(bad)
     assert raised.value.code == 7 and "prevResult" in raised.value.details
+
+
+@pytest.mark.parametrize(
+    "address, problem",
+    [
+        ("10.0.0.5", "no prefix length"),
+        ("fd00:244::5", "no prefix length"),
+        ("fe80::5%eth0/64", "scope id"),
+        ("10.0.0.5/33", "prevResult.ips.0.address"),
+        ("10.0.0.5/24\n", "prevResult.ips.0.address"),
+        (" 10.0.0.5/24", "prevResult.ips.0.address"),
+    ],
+)
+def test_ip_address_must_be_cidr_notation(address, problem):
+    """SPEC.md: ``ips[].address`` is CIDR; libcni's net.ParseCIDR takes no bare address and no zone."""
+    with pytest.raises(InvalidConfig) as raised:
+        parse_result({"ips": [{"address": address}]})
+    assert problem in raised.value.details
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5/32", "10.0.0.5/255.255.255.0", "fd00::5/128", "2001:db8::1/0"])
+def test_cidr_forms_are_accepted(address):
+    parse_result({"ips": [{"address": address}]})
