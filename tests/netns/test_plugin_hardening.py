@@ -21,6 +21,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import time
 
@@ -231,7 +232,7 @@ def check_claims(state_dir: str, pods: dict, strict: bool) -> None:
 
 
 def test_sigkill_at_random_points_never_leaks_or_advertises_absent_addresses(make_netns, tmp_path):
-    """≥ 300 ADD / re-ADD / DEL cycles over three attachments (two share one pod), a third of them killed."""
+    """300 ADD / re-ADD / DEL cycles over three attachments (two share one pod), about a third of them killed."""
     binary = plugin_builds()["frozen"]
     if not os.access(binary, os.X_OK):
         if os.environ.get("FLOCK_REQUIRE_FROZEN") == "1":
@@ -249,19 +250,25 @@ def test_sigkill_at_random_points_never_leaks_or_advertises_absent_addresses(mak
     sets = [(A4, A6), (B4, B6), (A4, B6), (B4,), (A6,)]
     rng = random.Random(1111)
 
-    started = time.monotonic()
-    probe = start(binary, host, "ADD", "probe", single.path, state_dir, (A4,))
-    assert finish(probe, None) and probe.returncode == 0
-    duration = time.monotonic() - started
-    assert finish(start(binary, host, "DEL", "probe", single.path, state_dir, (A4,)), None)
+    # How long each verb takes here, kept up to date as the machine's load
+    # changes, so that kill points spread over the whole of an exec.
+    durations: dict[str, list[float]] = {"ADD": [], "DEL": []}
+    for command in ("ADD", "DEL") * 3:
+        started = time.monotonic()
+        assert finish(start(binary, host, command, "probe", single.path, state_dir, (A4,)), None)
+        durations[command].append(time.monotonic() - started)
 
     cycles, killed, outcomes = 300, 0, set()
     for cycle in range(cycles):
         container, netns, network, ifname = attachments[cycle % len(attachments)]
         command = rng.choice(["ADD", "ADD", "DEL"])  # ADD of a known attachment is a re-ADD
         anycast = rng.choice(sets)
-        kill_after = duration * rng.uniform(0.3, 1.2) if rng.random() < 0.4 else None
+        typical = statistics.median(durations[command][-15:])
+        kill_after = typical * rng.uniform(0.2, 1.1) if rng.random() < 0.5 else None
+        started = time.monotonic()
         completed = finish(start(binary, host, command, container, netns, state_dir, anycast, network, ifname), kill_after)
+        if completed:
+            durations[command].append(time.monotonic() - started)
         killed += not completed
         check_claims(state_dir, pods, strict=False)
         outcomes.add((command, completed))
@@ -270,7 +277,7 @@ def test_sigkill_at_random_points_never_leaks_or_advertises_absent_addresses(mak
             recovered = start(binary, host, "DEL", container, netns, state_dir, anycast, network, ifname)
             assert finish(recovered, None) and recovered.returncode == 0
             check_claims(state_dir, pods, strict=True)
-    assert killed >= cycles // 5, killed
+    assert killed >= cycles // 10, killed
     assert {("ADD", False), ("DEL", False), ("ADD", True), ("DEL", True)} <= outcomes
     for container, netns, network, ifname in attachments:
         assert finish(start(binary, host, "DEL", container, netns, state_dir, (A4,), network, ifname), None)
