@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from itertools import islice
 
+from netconf.addresses import pool_edge_name, special_address_reason, usable_in_pool, usable_next_hop
 from netconf.errors import AnycastLimitExceeded, AnycastOutsidePools, InvalidAnycastAddress, NoPodAddressOfFamily
 
 TYPE_CHECKING = False
@@ -28,13 +29,6 @@ ANYCAST_ARG = "FLOCK_ANYCAST"
 # a session at a few hundred prefixes. 64 leaves room for a pod serving many
 # services without letting one pod spec flood the node or the session.
 MAX_ADDRESSES = 64
-
-# Never routable as a unicast service address, whatever the pools say.
-_CLASS_E = ipaddress.IPv4Network("240.0.0.0/4")  # includes 255.255.255.255
-_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
-_IPV6_RESERVED = ipaddress.IPv6Network("::/8")  # ::, ::1, IPv4-mapped and -compatible
-_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
-
 
 class AnycastRequest:
     """The addresses an attachment asks for, and which source named them."""
@@ -109,32 +103,10 @@ def _parse_host_address(item: str, source: str) -> IPAddress:
     if interface.network.prefixlen != interface.max_prefixlen:
         raise InvalidAnycastAddress(f"anycast address {item!r} from {source} is a prefix, not a host address")
     address = interface.ip
-    reason = _special_address(address)
+    reason = special_address_reason(address)
     if reason is not None:
         raise InvalidAnycastAddress(f"anycast address {item!r} from {source} cannot be routed as anycast", reason)
     return address
-
-
-def _special_address(address: IPAddress) -> str | None:
-    """Why no pool may hand out ``address`` as a service address, or None.
-
-    Multicast, unspecified, loopback and link-local never leave a host or a
-    link. Class E (240.0.0.0/4, with the limited broadcast address) is
-    dropped by common host stacks and routers, so clients we do not control
-    could not reach it; 0.0.0.0/8 means "this network". In IPv6, ``::/8``
-    holds the IPv4-mapped and -compatible forms, which are IPv4 addresses in
-    disguise, not routable IPv6.
-    """
-    if address.is_multicast or address.is_unspecified or address.is_loopback or address.is_link_local:
-        return "multicast, unspecified, loopback and link-local addresses are refused"
-    if address.version == 4:
-        if address in _CLASS_E:
-            return "class E (240.0.0.0/4) and the broadcast address 255.255.255.255 are refused"
-        if address in _THIS_NETWORK:
-            return "0.0.0.0/8 (this network) is refused"
-    elif address in _IPV6_RESERVED:
-        return "::/8 (IPv4-mapped and IPv4-compatible addresses) is refused"
-    return None
 
 
 def _too_many(source: str) -> AnycastLimitExceeded:
@@ -147,25 +119,19 @@ def _too_many(source: str) -> AnycastLimitExceeded:
 def check_pools(addresses: Iterable[IPAddress], config: NetworkConfig) -> None:
     """Every address must be a usable host address of one of ``flock.pools``.
 
-    A pool's network and broadcast addresses (IPv4), and its Subnet-Router
-    anycast address (IPv6: all host bits zero, RFC 4291 2.6.1), are not
-    usable: many stacks treat the first two as broadcast, and routers answer
-    the third themselves wherever the pool is on a link. Pools of /31, /32,
-    /127 and /128 have no such addresses (RFC 3021, RFC 6164). Raises
+    Usable as in ``netconf.addresses.usable_in_pool``: not a pool's network
+    or broadcast (IPv6: Subnet-Router anycast) address. Raises
     AnycastOutsidePools.
     """
     pools = config.flock.pools
     for address in addresses:
         containing = [pool for pool in pools if address.version == pool.version and address in pool]
-        if any(_usable_in(address, pool) for pool in containing):
+        if any(usable_in_pool(address, pool) for pool in containing):
             continue
         if containing:
             pool = containing[0]
-            edge = "network" if address == pool.network_address else "broadcast"
-            if address.version == 6:
-                edge = "Subnet-Router anycast"
             raise AnycastOutsidePools(
-                f"anycast address {address} is the {edge} address of pool {pool}",
+                f"anycast address {address} is the {pool_edge_name(address, pool)} address of pool {pool}",
                 "a pool's network and broadcast (IPv6: Subnet-Router anycast) addresses are not handed out",
             )
         allowed = ", ".join(str(pool) for pool in pools) or "none (pools is empty)"
@@ -175,34 +141,15 @@ def check_pools(addresses: Iterable[IPAddress], config: NetworkConfig) -> None:
         )
 
 
-def _usable_in(address: IPAddress, pool) -> bool:
-    if pool.max_prefixlen - pool.prefixlen <= 1:  # /31, /32, /127, /128: every address is a host
-        return True
-    if address == pool.network_address:
-        return False
-    return address.version == 6 or address != pool.broadcast_address
-
-
 def usable_pod_addresses(pod_ips: Iterable[IPAddress], anycast_addresses: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
     """The pod IPs the reconciler can route anycast traffic to, in the given order.
 
-    Pure. Dropped: loopback, unspecified, multicast, link-local (not
-    reachable from the node as a next hop, or not unique), IPv4-mapped and
-    -compatible IPv6 (``::/8``), 0.0.0.0/8 and 255.255.255.255, and any IP
-    that is itself one of ``anycast_addresses`` (a next hop that is the
-    destination routes nowhere). Class E stays: some clusters number pods
-    from 240.0.0.0/4, and the route to the pod never leaves the node.
+    Pure. Usable as in ``netconf.addresses.usable_next_hop``, and not itself
+    one of ``anycast_addresses`` (a next hop that is the destination routes
+    nowhere).
     """
     anycast = set(anycast_addresses)
-    return tuple(ip for ip in pod_ips if ip not in anycast and _usable_next_hop(ip))
-
-
-def _usable_next_hop(ip: IPAddress) -> bool:
-    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_link_local:
-        return False
-    if ip.version == 4:
-        return ip not in _THIS_NETWORK and ip != _LIMITED_BROADCAST
-    return ip not in _IPV6_RESERVED
+    return tuple(ip for ip in pod_ips if ip not in anycast and usable_next_hop(ip))
 
 
 def check_families(addresses: Iterable[IPAddress], pod_ips: Sequence[IPAddress], ifname: str) -> None:

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from netconf.files import fsync_directory, replace_file
+from netconf.files import fsync_directory, read_regular_file, replace_file
 
 PLUGIN_TYPE = "flock-anycast"
 # Top-level keys in our entry: the plugin's envelope ignores unknown keys,
@@ -33,6 +33,8 @@ CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 ORIGINAL_SUFFIX = ".flock-original"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 KUBECONFIG_NAME = "flock-anycast.kubeconfig"
+# A conflist or kubeconfig is a few KiB; anything past this is not one.
+_LARGEST_CONFIG = 1 << 20
 
 
 class InstallError(Exception):
@@ -121,11 +123,12 @@ def render_kubeconfig(server: str, token: str, ca_data_b64: str) -> bytes:
 def write_atomically(path: str, payload: bytes, mode: int = 0o644) -> Change:
     """Replace ``path`` with ``payload`` unless it already holds exactly that."""
     try:
-        with open(path, "rb") as handle:
-            if handle.read() == payload:
-                return Change(path, "unchanged")
+        if read_regular_file(path, max(len(payload), _LARGEST_CONFIG)) == payload:
+            return Change(path, "unchanged")
     except FileNotFoundError:
         pass
+    except (OSError, ValueError) as exc:
+        raise InstallError(f"cannot read {path}: {exc}") from exc
     replace_file(path, payload, mode=mode)
     fsync_directory(os.path.dirname(os.path.abspath(path)))
     return Change(path, "written")
@@ -215,8 +218,8 @@ def write_kubeconfig(path: str, service_account_dir: str, server: str) -> Change
 
 def _load_json(path: str) -> dict[str, Any]:
     try:
-        with open(path, "rb") as handle:
-            document = json.loads(handle.read())
+        # A FIFO named *.conflist must not hang the install step.
+        document = json.loads(read_regular_file(path, _LARGEST_CONFIG))
     except (OSError, ValueError) as exc:
         raise InstallError(f"cannot read CNI config {path}: {exc}") from exc
     if not isinstance(document, dict):

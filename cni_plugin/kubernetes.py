@@ -13,7 +13,7 @@ Only the kubeconfig forms a node plugin meets are read: token or token
 file, client certificate and key (file or data), CA (file or data).
 
 Everything read is bounded (files, the API's answer, the annotation), no
-file is opened unless it is a regular file (regular_files), and error
+file is opened unless it is a regular file (netconf.files), and error
 details name the field that is wrong, never what a file holds: they end up
 in pod events, and a kubeconfig path may be a symlink to anything.
 No dataclasses or typing at run time: this is on the ADD path of every pod
@@ -216,7 +216,7 @@ def _ca_text(data: bytes) -> str | bytes:
 
 
 def _read_file(path: str, limit: int, what: str) -> bytes:
-    from cni_plugin.regular_files import read_regular_file
+    from netconf.files import read_regular_file
 
     try:
         return read_regular_file(path, limit)

@@ -88,7 +88,7 @@ def _install():
     logger.setLevel(_threshold)
     if _log_file and _log_file not in _log_files_tried:
         _log_files_tried.add(_log_file)
-        from cni_plugin.regular_files import open_for_append
+        from netconf.files import open_for_append
 
         try:
             stream = open_for_append(_log_file)

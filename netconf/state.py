@@ -44,7 +44,7 @@ from ipaddress import IPv4Address, IPv6Address
 from stat import S_IMODE, S_ISLNK, S_ISREG, S_ISVTX
 
 from netconf.errors import CniError, IOFailure, LockTimeout, StateCorrupt
-from netconf.files import replace_file
+from netconf.files import FileTooLarge, NotRegularFile, read_regular_file, replace_file
 from netconf.records import Record, validation_error_class
 
 TYPE_CHECKING = False
@@ -849,35 +849,21 @@ def _read_regular_file(dir_fd: int, name: str, path: str, what: str) -> bytes | 
     """The bytes of regular file ``name`` below ``dir_fd``; None if absent.
 
     Never follows a symbolic link (whose target would leak into error
-    details) and never blocks: a FIFO opens at once with O_NONBLOCK and is
-    refused by its type. Raises StateCorrupt or IOFailure.
+    details) and never blocks on a FIFO (netconf.files). Raises
+    StateCorrupt or IOFailure.
     """
     if dir_fd < 0:
         return None
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        return read_regular_file(name, _LARGEST_RECORD, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StateCorrupt(f"{what} {path} is a symbolic link; refusing to follow it", "move it aside") from exc
-        raise IOFailure(f"cannot read {what} {path}", os.strerror(exc.errno or 0)) from exc
-    try:
-        info = os.fstat(fd)
-        if not S_ISREG(info.st_mode):
-            raise StateCorrupt(f"{what} {path} is not a regular file; refusing to read it", "move it aside")
-        if info.st_size > _LARGEST_RECORD:
-            raise StateCorrupt(f"{what} {path} is {info.st_size} bytes, far larger than a record", "move it aside")
-        chunks = []
-        while True:
-            chunk = os.read(fd, _LARGEST_RECORD + 1)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+    except NotRegularFile as exc:
+        raise StateCorrupt(f"{what} {path} is {exc.kind}, not a regular file; refusing to read it", "move it aside") from exc
+    except FileTooLarge as exc:
+        raise StateCorrupt(f"{what} {path} is far larger than a record", "move it aside") from exc
     except OSError as exc:
         raise IOFailure(f"cannot read {what} {path}", os.strerror(exc.errno or 0)) from exc
-    finally:
-        os.close(fd)
 
 
 def _unlink_record(directories: _Directories, name: str, path: str) -> None:

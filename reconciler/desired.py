@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Literal
 
+from netconf.addresses import pool_edge_name, special_address_reason, usable_in_pool, usable_next_hop
 from netconf.state import Allocation, AllocationKey
 
 IPAddress = IPv4Address | IPv6Address
@@ -41,12 +42,13 @@ Routes = Mapping[IPNetwork, frozenset["NextHop"]]
 SKIP_NO_POD_IP = "no-pod-ip-of-family"
 SKIP_NO_DEVICE = "no-device"
 
+REFUSE_SPECIAL = "special-address"
 REFUSE_OUTSIDE_POOLS = "outside-pools"
 REFUSE_NODE_ADDRESS = "node-address"
 REFUSE_PEER_ADDRESS = "peer-address"
 REFUSE_POD_IP = "pod-ip"
-REFUSE_REASONS = (REFUSE_OUTSIDE_POOLS, REFUSE_NODE_ADDRESS, REFUSE_PEER_ADDRESS, REFUSE_POD_IP)
-RefuseReason = Literal["outside-pools", "node-address", "peer-address", "pod-ip"]
+REFUSE_REASONS = (REFUSE_SPECIAL, REFUSE_OUTSIDE_POOLS, REFUSE_NODE_ADDRESS, REFUSE_PEER_ADDRESS, REFUSE_POD_IP)
+RefuseReason = Literal["special-address", "outside-pools", "node-address", "peer-address", "pod-ip"]
 
 
 @dataclass(frozen=True, order=True)
@@ -113,9 +115,16 @@ class AddressPolicy:
 
     def refusal(self, address: IPAddress, pod_ips: Collection[IPAddress]) -> tuple[RefuseReason, str] | None:
         """Why ``address`` must not be routed, or None; ``pod_ips``: every allocation's pod IPs."""
+        special = special_address_reason(address)
+        if special is not None:
+            return REFUSE_SPECIAL, f"{address}: {special}"
         if not self.in_pools(address):
             pools = ", ".join(str(pool) for pool in self.pools)
             return REFUSE_OUTSIDE_POOLS, f"{address} is outside the configured pools ({pools})"
+        containing = [pool for pool in self.pools if pool.version == address.version and address in pool]
+        if not any(usable_in_pool(address, pool) for pool in containing):
+            pool = containing[0]
+            return REFUSE_OUTSIDE_POOLS, f"{address} is the {pool_edge_name(address, pool)} address of pool {pool}"
         if address in self.node_addresses:
             return REFUSE_NODE_ADDRESS, f"{address} is an address of this node"
         if address in self.peer_addresses:
@@ -354,8 +363,9 @@ def count_next_hops(routes: Routes) -> int:
 
 
 def _first_of_version(addresses: Iterable[IPAddress], version: int) -> IPAddress | None:
+    """The first pod IP of ``version`` usable as a next hop (a record may name loopback or worse)."""
     for address in addresses:
-        if address.version == version:
+        if address.version == version and usable_next_hop(address):
             return address
     return None
 

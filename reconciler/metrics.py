@@ -121,7 +121,7 @@ class Metrics:
             self.routes.labels(family).set(0)
         for reason in ("no-pod-ip-of-family", "no-device"):
             self.skipped_next_hops.labels(reason).set(0)
-        for reason in ("outside-pools", "node-address", "peer-address", "pod-ip"):
+        for reason in ("special-address", "outside-pools", "node-address", "peer-address", "pod-ip"):
             self.refused_addresses.labels(reason).set(0)
         self.state_unreadable_records.set(0)
         self.state_records_kept.set(0)

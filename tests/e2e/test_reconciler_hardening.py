@@ -129,6 +129,10 @@ def test_not_ready_while_bird_is_down_is_never_advertised_again(reconciler_lab: 
     wait_at_peer(lab, A + B)
 
     lab.bird.kill()
+    # The peer notices the session is gone (the killed BIRD's TCP connection
+    # closes) and drops the node's routes; only then is "came back" meaningful.
+    for address in A + B:
+        wait_until(lambda address=address: not lab.peer_has(address), DEADLINE, f"{address} gone at the peer")
     lab.set_ready(pod_a, False)
     staged = {host_prefix(address) for address in B}
     wait_until(

@@ -117,3 +117,25 @@ def test_invalid_conflist_is_refused_and_left_alone(node, capsys):
     assert install.run(install_args(conf_dir, bin_dir, binary), stdout=open(os.devnull, "w")) == 1
     assert (conf_dir / "10-broken.conflist").read_text() == "{not json"
     assert "cannot read CNI config" in capsys.readouterr().err
+
+
+def test_a_fifo_among_the_configs_is_refused_without_hanging(tmp_path):
+    """install reads the primary config; a FIFO in its place must not block the DaemonSet's init step."""
+    import threading
+
+    from cni_plugin.install import InstallError, install_into_conf_dir
+
+    os.mkfifo(tmp_path / "10-main.conflist")
+    outcome = {}
+
+    def target():
+        try:
+            install_into_conf_dir(str(tmp_path), {"type": "flock-anycast"})
+        except InstallError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "install blocked on a FIFO"
+    assert "not a regular file" in str(outcome["error"])

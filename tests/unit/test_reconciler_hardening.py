@@ -17,7 +17,7 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from netconf.errors import StateCorrupt
-from netconf.state import record_file_name
+from netconf.state import Allocation, record_file_name, utc_now
 from reconciler.desired import AddressPolicy, desired_routes, refused_addresses
 from reconciler.fakes import FakeStore
 from reconciler.loop import LoopSettings, Scheduler, Waker
@@ -332,3 +332,46 @@ def test_a_prefix_staged_while_bird_was_down_keeps_its_route_until_bird_confirms
     lab.reconcile()
     lab.reconcile()
     assert set(lab.kernel.routes) == {P4, P6}
+
+
+# --- the plugin's address rules hold for records too --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "anycast, reason",
+    [
+        ("192.0.2.0", "outside-pools"),  # the pool's network address
+        ("192.0.2.255", "outside-pools"),  # its broadcast address
+        ("2001:db8:a::", "outside-pools"),  # Subnet-Router anycast of the IPv6 pool
+    ],
+)
+def test_pool_edges_the_plugin_refuses_are_refused_in_records_too(anycast, reason):
+    policy = AddressPolicy(pools=(ip_network("192.0.2.0/24"), ip_network("2001:db8:a::/64")))
+    verdict = policy.refusal(ip_address(anycast), frozenset())
+    assert verdict is not None and verdict[0] == reason and "address of pool" in verdict[1]
+    assert policy.refusal(ip_address("192.0.2.53"), frozenset()) is None
+
+
+def test_special_addresses_are_refused_even_inside_a_pool():
+    policy = AddressPolicy(pools=(ip_network("0.0.0.0/0"), ip_network("::/0")))
+    for text in ("127.0.0.1", "224.0.0.5", "169.254.1.1", "250.0.0.1", "::ffff:192.0.2.53", "fe80::1"):
+        verdict = policy.refusal(ip_address(text), frozenset())
+        assert verdict is not None and verdict[0] == "special-address", text
+
+
+def test_a_record_whose_pod_ip_is_no_usable_next_hop_is_skipped_not_routed():
+    now = utc_now()
+    record = Allocation(
+        network="n",
+        container_id="c",
+        ifname="eth0",
+        netns="/run/netns/x",
+        anycast=(ip_address("192.0.2.53"),),
+        pod_ips=(ip_address("127.0.0.1"), ip_address("169.254.0.9")),
+        state="committed",
+        created_at=now,
+        updated_at=now,
+    )
+    desired = desired_routes([record], lambda allocation: True, lambda address: "veth0")
+    assert desired.routes == {}
+    assert [item.reason for item in desired.skipped] == ["no-pod-ip-of-family"]

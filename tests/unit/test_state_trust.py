@@ -201,7 +201,7 @@ def test_symlinked_record_is_refused_and_its_target_never_shown(tmp_path):
     store.ensure_directory()
     os.symlink(secret, store.path_of(KEY))
 
-    with pytest.raises(StateCorrupt, match="symbolic link") as raised:
+    with pytest.raises(StateCorrupt, match="is a symlink") as raised:
         store.get(KEY)
     [error] = store.read().unreadable.values()
     for refusal in (raised.value, error):
@@ -263,7 +263,7 @@ def test_legacy_state_file_that_is_a_symlink_is_refused(tmp_path):
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     os.symlink(target, state / "state.json")
-    with pytest.raises(StateCorrupt, match="symbolic link"):
+    with pytest.raises(StateCorrupt, match="is a symlink"):
         write_transaction(StateStore(str(state)))
     assert os.path.islink(state / "state.json")
 
