@@ -74,9 +74,9 @@ class NetlinkPodLoopback:
         self._open_socket = open_socket
 
     def identify(self, netns: str) -> int | None:
-        # Also loads the netlink code: ADD and DEL call this just before
-        # they take the node's state lock, which should not be held while
-        # Python imports modules.
+        # Also loads the netlink code: ADD calls this just before it takes
+        # the node's state lock, which should not be held while Python
+        # imports modules.
         from cni_plugin import rtnl
 
         if not netns:
@@ -159,10 +159,7 @@ _NETNS_HINT = "CNI_NETNS must name a pod's network namespace file, e.g. /var/run
 
 
 def netns_exists(netns: str) -> bool:
-    try:
-        return bool(netns) and os.path.exists(netns)
-    except ValueError:  # a NUL byte: no such path
-        return False
+    return bool(netns) and os.path.exists(netns)  # exists() is False for a path with a NUL byte
 
 
 def _open_netns(netns: str, inode: int | None, open_socket=None):

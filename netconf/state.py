@@ -17,8 +17,14 @@ killed at any instant leaves either the old or the new record.
 
 A corrupt record or an unknown schema version is reported (code 5), never
 reset or removed: the allocation in it describes addresses that live in a
-pod right now. A corrupt record only blocks the verbs of its own attachment
-(and GC, which reads all; the reconciler keeps its last good view).
+pod right now. A corrupt record only blocks the verbs of its own attachment:
+``read`` lists it in ``unreadable`` and returns every other record (GC
+reports it, the reconciler keeps its last good view of that one record).
+
+The directory is trusted only when it is this process's own (see
+StateStore): every file is opened relative to a checked directory
+descriptor, never through a symbolic link, never blocking on a special
+file; only files that decode as records are ever deleted.
 
 flock 0.1 kept every allocation in one document, ``state.json`` (schema
 version 1). While that file exists it is the whole truth for readers; the
