@@ -64,8 +64,8 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
     is changed, then the record is ``committed`` with the new set. A crash
     at any point leaves a record that DEL and GC clean up fully and that
     the reconciler never advertises; any failure is undone before the
-    error is raised. The lock is held to the end, so execs for one
-    attachment never interleave and ``lo`` and the record always agree.
+    error is raised. The container's lock is held to the end, so execs for
+    one pod never interleave and ``lo`` and the record always agree.
     """
     env, config = context.env, context.config
     if config.prev_result is None:
@@ -88,7 +88,7 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
     if inode is None:
         raise PodNetnsUnusable(f"pod network namespace {env.netns!r} does not exist")
 
-    with context.store.transaction() as transaction:
+    with context.store.transaction(env.container_id) as transaction:
         earlier = transaction.get(context.key)
         if earlier is not None and not _recorded_netns_alive(context, earlier):
             earlier = None  # its namespace is gone, and its addresses with it
@@ -191,7 +191,7 @@ def cmd_del(context: VerbContext) -> None:
     """
     if context.store.get(context.key) is None:
         return  # nothing recorded: no lock, no directory created
-    with context.store.transaction() as transaction:
+    with context.store.transaction(context.env.container_id) as transaction:
         record = transaction.get(context.key)
         if record is None:
             return
@@ -241,7 +241,7 @@ def cmd_gc(context: VerbContext) -> None:
     Continues past individual failures and reports them together: a record
     whose cleanup failed stays (``pending``), and so does one that cannot
     be read, so the next GC tries again. Each stale attachment is released
-    as DEL releases it, under the lock, one after another.
+    as DEL releases it, under its container's lock, one after another.
     """
     config = context.config
     valid = config.gc_attachments()
@@ -259,19 +259,17 @@ def cmd_gc(context: VerbContext) -> None:
         if item.network == config.name and (item.container_id, item.ifname) not in valid
     ]
     cleaned = 0
-    if stale:
-        with context.store.transaction() as transaction:
-            for key in stale:
-                try:
-                    record = transaction.get(key)
-                    if record is None:
-                        continue
-                    _release_attachment(context, transaction, record)
-                    transaction.remove(key)
-                    transaction.flush()
-                    cleaned += 1
-                except CniError as exc:
-                    failures.append(f"{key[1]}/{key[2]}: {exc.msg}")
+    for key in stale:
+        try:
+            with context.store.transaction(key[1]) as transaction:
+                record = transaction.get(key)
+                if record is None:
+                    continue  # gone since the snapshot
+                _release_attachment(context, transaction, record)
+                transaction.remove(key)
+            cleaned += 1
+        except CniError as exc:
+            failures.append(f"{key[1]}/{key[2]}: {exc.msg}")
     if cleaned:
         log.info("GC removed %d stale allocations", cleaned)
     if failures:

@@ -43,6 +43,7 @@ import ipaddress
 import json
 import os
 import socket
+import struct
 import time
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
@@ -250,14 +251,16 @@ class Transaction:
 
     Only the records asked for are read, so a transaction costs the same
     with one pod on the node or a thousand. ``flush`` makes the changes so
-    far durable without giving up the lock: a verb records what it is about
-    to do (``pending``) before it touches the pod, and finishes under the
-    same lock, so two execs for one attachment never interleave.
+    far durable without giving up the transaction's lock: a verb records
+    what it is about to do (``pending``) before it touches the pod, and
+    finishes under the same lock, so two execs for one pod never interleave.
     """
 
-    def __init__(self, store: StateStore, directories: _Directories) -> None:
+    def __init__(self, store: StateStore, directories: _Directories, node_locked: bool = True) -> None:
         self._store = store
         self._directories = directories
+        # False for a container-scoped transaction: writes take the node-wide lock themselves.
+        self._node_locked = node_locked
         self._seen: dict[AllocationKey, Allocation | None] = {}
         self._changes: dict[AllocationKey, Allocation | None] = {}
 
@@ -288,11 +291,16 @@ class Transaction:
             self._changes[key] = None
 
     def flush(self) -> None:
-        """Write the changes so far now, keeping the lock; raises IOFailure."""
-        if self._changes:
+        """Write the changes so far now, keeping the lock; raises IOFailure, LockTimeout."""
+        if not self._changes:
+            return
+        if self._node_locked:
             self._store._commit(self._directories, self._changes)
-            self._seen.update(self._changes)
-            self._changes = {}
+        else:
+            with _NodeLock(self._store, self._directories):
+                self._store._commit(self._directories, self._changes)
+        self._seen.update(self._changes)
+        self._changes = {}
 
     def container_siblings(self, key: AllocationKey) -> tuple[list[Allocation], list[str]]:
         """Other attachments of ``key``'s container ID, in any network: (records, unreadable names).
@@ -490,13 +498,19 @@ class StateStore:
 
     # -- writers (under the lock) --------------------------------------------------
 
-    def transaction(self) -> _TransactionContext:
+    def transaction(self, container_id: str | None = None) -> _TransactionContext:
         """Lock, yield a Transaction, and write the records it changed.
 
-        An exception inside the block writes nothing more (what ``flush``
-        wrote stays written).
+        With ``container_id`` (what the verbs use): that container's lock is
+        held for the whole block, and the node-wide lock only while records
+        are written. Every attachment of one pod (and so every record whose
+        addresses share one ``lo``) has the pod's container ID, so execs for
+        one pod never interleave, while execs for different pods overlap
+        except for their writes. Without it, the node-wide lock is held
+        throughout. An exception inside the block writes nothing more (what
+        ``flush`` wrote stays written).
         """
-        return _TransactionContext(self)
+        return _TransactionContext(self, container_id)
 
     def ensure_directory(self) -> None:
         """Create the state directory and ``allocations/`` (0700) if missing; raises IOFailure."""
@@ -561,7 +575,34 @@ class StateStore:
         return _Directories(state_fd, records_fd)
 
     def _lock(self, directories: _Directories) -> int:
-        """Open and take the writers' lock; closing the descriptor releases it."""
+        """Open and take the node-wide writers' lock; closing the descriptor releases it."""
+        fd = self._open_lock_file(directories)
+        try:
+            self._acquire(fd, lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB), "state lock")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _lock_container(self, directories: _Directories, container_id: str) -> int:
+        """Open and take one container's lock; closing the descriptor releases it.
+
+        An open-file-description lock on one byte of ``state.lock`` chosen by
+        the container ID: no lock file per pod to create and clean up, and,
+        unlike a classic POSIX record lock, not dropped when this process
+        closes another descriptor of the same file (the node-wide lock's).
+        Two containers whose IDs share a byte only wait for each other.
+        """
+        fd = self._open_lock_file(directories)
+        request = _RANGE_LOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _lock_byte(container_id), 1, 0)
+        try:
+            self._acquire(fd, lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request), f"lock of container {container_id}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_lock_file(self, directories: _Directories) -> int:
         try:
             # O_NOFOLLOW: a symlink planted at the lock path must not make
             # root create or truncate a file elsewhere. O_NONBLOCK: a FIFO
@@ -581,26 +622,26 @@ class StateStore:
             # Anyone who can open the lock can hold it (flock needs no write
             # access) and stall every pod start on the node.
             _require_private(info, f"lock file {self.lock_path}", 0o077)
-            self._acquire(fd)
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def _acquire(self, fd: int) -> None:
+    def _acquire(self, fd: int, try_lock, what: str) -> None:
+        """Call ``try_lock`` until it succeeds or ``lock_timeout`` passes; raises LockTimeout, IOFailure."""
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.0005
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try_lock()
                 return
             except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise IOFailure(f"cannot lock {self.lock_path}", repr(exc)) from exc
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise IOFailure(f"cannot take the {what} in {self.lock_path}", repr(exc)) from exc
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LockTimeout(
-                    f"state lock {self.lock_path} busy for {self.lock_timeout:g}s",
+                    f"{what} in {self.lock_path} busy for {self.lock_timeout:g}s",
                     "another flock-anycast process holds it; the runtime should retry",
                 )
             time.sleep(min(delay, remaining))
@@ -727,30 +768,38 @@ class StateStore:
 class _TransactionContext:
     """``with store.transaction() as transaction:`` without contextlib (~2 ms of imports per exec)."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, container_id: str | None) -> None:
         self._store = store
+        self._container_id = container_id
         self._directories: _Directories | None = None
         self._fd = -1
 
     def __enter__(self) -> Transaction:
-        directories = self._store._open(create=True)
+        store = self._store
+        directories = store._open(create=True)
         assert directories is not None  # create=True opens or raises
         self._directories = directories
         try:
-            self._fd = self._store._lock(directories)
-            if self._store._legacy_exists(directories):
-                self._store.migrate_legacy(directories)
+            if self._container_id is None:
+                self._fd = store._lock(directories)
+                if store._legacy_exists(directories):
+                    store.migrate_legacy(directories)
+            else:
+                self._fd = store._lock_container(directories, self._container_id)
+                if store._legacy_exists(directories):
+                    with _NodeLock(store, directories):
+                        if store._legacy_exists(directories):
+                            store.migrate_legacy(directories)
         except BaseException:
             self._release()
             raise
-        self._transaction = Transaction(self._store, directories)
+        self._transaction = Transaction(store, directories, node_locked=self._container_id is None)
         return self._transaction
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
         try:
-            changes = self._transaction.changes
-            if exc_type is None and changes:
-                self._store._commit(self._directories, changes)  # type: ignore[arg-type]
+            if exc_type is None:
+                self._transaction.flush()
         finally:
             self._release()
         return False
@@ -762,6 +811,34 @@ class _TransactionContext:
         if self._directories is not None:
             self._directories.close()
             self._directories = None
+
+
+class _NodeLock:
+    """The node-wide lock for one write of a container-scoped transaction."""
+
+    def __init__(self, store: StateStore, directories: _Directories) -> None:
+        self._store = store
+        self._directories = directories
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        self._fd = self._store._lock(self._directories)
+
+    def __exit__(self, *exc_info: object) -> bool:
+        os.close(self._fd)
+        return False
+
+
+# struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding).
+_RANGE_LOCK = struct.Struct("@hhqqi4x")
+
+
+def _lock_byte(container_id: str) -> int:
+    """A byte of state.lock for this container: FNV-1a of the ID, past byte 0."""
+    value = 0xCBF29CE484222325
+    for byte in container_id.encode():
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return 1 + (value & 0x3FFFFFFF)
 
 
 # -- checked opens -----------------------------------------------------------------

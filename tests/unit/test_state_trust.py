@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from cni_plugin.dispatch import run
-from netconf.errors import IOFailure, StateCorrupt
+from netconf.errors import IOFailure, LockTimeout, StateCorrupt
 from netconf.state import Allocation, PodRef, StateStore, utc_now
 
 KEY = ("n", "c1", "eth0")
@@ -308,3 +308,36 @@ def test_plugin_answers_an_untrusted_state_directory_with_code_5_and_changes_not
     assert run(environ, io.BytesIO(json.dumps(config).encode()), stdout) == 1
     assert json.loads(stdout.getvalue())["code"] == 5
     assert os.listdir(shared) == []
+
+
+# --- container-scoped transactions (what the verbs use) -------------------------------------
+
+
+def test_container_lock_serialises_one_pod_and_lets_other_pods_write(tmp_path):
+    """One pod's execs wait for each other; another pod's exec writes meanwhile."""
+    holder = StateStore(str(tmp_path / "state"), lock_timeout=5)
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold():
+        with holder.transaction("c1") as transaction:
+            transaction.put(allocation("c1"))
+            transaction.flush()
+            entered.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert entered.wait(10)
+    try:
+        other = StateStore(str(tmp_path / "state"), lock_timeout=0.2)
+        with pytest.raises(LockTimeout, match="container c1"):
+            with other.transaction("c1"):
+                pass
+        with other.transaction("c2") as transaction:  # not blocked by c1's exec
+            transaction.put(allocation("c2"))
+        assert other.get(("n", "c2", "eth0")) is not None
+    finally:
+        leave.set()
+        thread.join(10)
+    with StateStore(str(tmp_path / "state"), lock_timeout=0.2).transaction("c1") as transaction:
+        assert transaction.get(KEY) is not None
