@@ -313,6 +313,7 @@ class Transaction:
         system (hashed) are read too, since their key is only inside.
         """
         wanted = _escape(key[1])
+        infix = f"+{wanted}+"  # a substring test first: most names on a node are other pods'
         own = record_file_name(key)
         found: list[Allocation] = []
         unreadable: list[str] = []
@@ -320,6 +321,8 @@ class Transaction:
             if name == own:
                 continue
             if not name.startswith("~"):
+                if infix not in name:
+                    continue
                 parts = name[: -len(_RECORD_SUFFIX)].split("+")
                 if len(parts) != 3 or parts[1] != wanted:
                     continue
@@ -490,11 +493,12 @@ class StateStore:
         return self._decode(raw, path, key)
 
     def _list_record_names(self, directories: _Directories) -> list[str]:
+        """Names of record files (the writers' dot temp file aside)."""
         try:
             names = os.listdir(directories.records_fd)
         except OSError as exc:
             raise IOFailure(f"cannot list state directory {self.allocations_dir}", os.strerror(exc.errno or 0)) from exc
-        return [name for name in names if name.endswith(_RECORD_SUFFIX) and not name.startswith(".")]
+        return [name for name in names if name[0] != "." and name.endswith(_RECORD_SUFFIX)]
 
     # -- writers (under the lock) --------------------------------------------------
 
