@@ -1,7 +1,8 @@
 """Which anycast addresses an attachment gets, and whether it may have them.
 
 Pure: reads the parsed config and environment, raises CNI errors, no I/O.
-The Kubernetes annotation source needs the network and lives elsewhere.
+The pod annotation is read by an adapter (``verbs.PodAnnotations``); what
+its value may hold is judged here, like every other source.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ ANYCAST_ARG = "FLOCK_ANYCAST"
 # a session at a few hundred prefixes. 64 leaves room for a pod serving many
 # services without letting one pod spec flood the node or the session.
 MAX_ADDRESSES = 64
+# 64 addresses in their longest text with ", " between them take under
+# 3,300 bytes; an annotation may hold up to the API server's object limit.
+MAX_ANNOTATION_BYTES = 4096
+
 
 class AnycastRequest:
     """The addresses an attachment asks for, and which source named them."""
@@ -59,6 +64,26 @@ def requested_anycast(config: NetworkConfig, cni_args: dict[str, str]) -> Anycas
         if items:
             return AnycastRequest(source, parse_anycast_addresses(items, source))
     return None
+
+
+def annotated_anycast(value: str | None, source: str) -> AnycastRequest | None:
+    """The request in a pod annotation's ``value`` (None: no annotation, or no address in it).
+
+    Raises AnycastLimitExceeded for a value over MAX_ANNOTATION_BYTES or
+    with more than MAX_ADDRESSES items (both before any address is parsed),
+    and InvalidAnycastAddress for a malformed one.
+    """
+    if value is not None and (
+        len(value) > MAX_ANNOTATION_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_ANNOTATION_BYTES
+    ):
+        raise AnycastLimitExceeded(
+            f"{source} is longer than {MAX_ANNOTATION_BYTES} bytes",
+            f"at most {MAX_ANNOTATION_BYTES} bytes of comma-separated addresses are read",
+        )
+    items = split_addresses(value, source)
+    if not items:
+        return None
+    return AnycastRequest(source, parse_anycast_addresses(items, source))
 
 
 def split_addresses(value: Iterable[str] | str | None, source: str = "the request") -> list[str]:

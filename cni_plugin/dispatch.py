@@ -5,6 +5,10 @@ effect, call one function per verb, and be the single place that catches
 broadly. A CniError keeps its code; anything else becomes code 999 with its
 repr in ``details`` — never relabelled as a config error. stdout carries
 only the protocol; logs go to stderr or the configured log file.
+
+``_serve`` is the one place that builds the real side-effect adapters the
+verbs get (state store, pod loopback, pod annotations, clock); tests of
+the verbs pass fakes instead (tests/unit/fakes.py).
 """
 
 from __future__ import annotations
@@ -96,6 +100,8 @@ def _serve(command: str, env, document: dict[str, Any], setup_logging: LoggingSe
         config=config,
         store=StateStore(config.flock.state_dir, lock_timeout=config.flock.lock_timeout),
         loopback=NetlinkPodLoopback(),
+        annotations=PodAnnotationsOnFirstUse(config.flock),
+        clock=verbs.SystemClock(),
     )
     handler = {
         "ADD": verbs.cmd_add,
@@ -105,6 +111,27 @@ def _serve(command: str, env, document: dict[str, Any], setup_logging: LoggingSe
         "STATUS": verbs.cmd_status,
     }[command]
     return handler(context)
+
+
+class PodAnnotationsOnFirstUse:
+    """The real ``verbs.PodAnnotations``: ``kubernetes.ApiPodAnnotations``, imported on the first call.
+
+    Most execs never read an annotation (DEL, CHECK, GC, STATUS, and ADDs
+    with an explicit source), so they never import the API client
+    (``http.client``, ``ssl``, PyYAML).
+    """
+
+    __slots__ = ("_settings",)
+
+    def __init__(self, settings) -> None:
+        self._settings = settings  # the config's flock block: kubeconfig, annotation, apiTimeout
+
+    def anycast_annotation(self, namespace: str, name: str) -> str | None:
+        from cni_plugin.kubernetes import ApiPodAnnotations
+
+        settings = self._settings
+        adapter = ApiPodAnnotations(settings.kubeconfig, settings.annotation, settings.api_timeout)
+        return adapter.anycast_annotation(namespace, name)
 
 
 def _log_failure(setup_logging: LoggingSetup | None, msg: str, *args: object, unexpected: bool = False) -> None:

@@ -1,7 +1,11 @@
 """The pod annotation as a source of anycast addresses: one GET to the API server.
 
-Used only on ADD, only when the config names a kubeconfig, CNI_ARGS carry
-K8S_POD_NAMESPACE/K8S_POD_NAME and no explicit source named addresses.
+``ApiPodAnnotations`` is the real adapter behind ``verbs.PodAnnotations``
+(the unit tests use an in-memory fake). The verbs call it only on ADD,
+only when the config names a kubeconfig, CNI_ARGS carry
+K8S_POD_NAMESPACE/K8S_POD_NAME and no explicit source named addresses; the
+dispatcher imports this module on that first call, never before. What the
+annotation's value may hold is judged by ``anycast.annotated_anycast``.
 
 Why the standard library and not a Kubernetes client: the plugin is exec'd
 for every pod start, and the client libraries cost far more to import than
@@ -12,7 +16,7 @@ reconciler, which holds a long-lived watch, does use a client library.
 Only the kubeconfig forms a node plugin meets are read: token or token
 file, client certificate and key (file or data), CA (file or data).
 
-Everything read is bounded (files, the API's answer, the annotation), no
+Everything read is bounded (files, the API's answer), no
 file is opened unless it is a regular file (netconf.files), and error
 details name the field that is wrong, never what a file holds: they end up
 in pod events, and a kubeconfig path may be a symlink to anything.
@@ -41,9 +45,6 @@ MAX_CREDENTIAL_FILE_BYTES = 1 << 20
 # The API server stores an object in etcd only up to 1.5 MiB; a pod's JSON
 # is rarely over 100 KiB. 4 MiB is never a real pod.
 MAX_POD_BYTES = 4 << 20
-# 64 addresses (anycast.MAX_ADDRESSES) in their longest text with ", "
-# between them take under 3,300 bytes.
-MAX_ANNOTATION_BYTES = 4096
 
 # RFC 6750 b64token: what a bearer token may hold. Anything else (a newline,
 # a control character) would make http.client raise with the header value —
@@ -324,29 +325,24 @@ def _text(raw: bytes, what: str, path: str) -> str:
         raise InvalidConfig(f"kubeconfig {path}: {what} is not UTF-8 text") from exc
 
 
-def annotated_anycast(config, env):
-    """The anycast request from the pod annotation, or None when this source does not apply.
+class ApiPodAnnotations:
+    """The real ``PodAnnotations``: the kubeconfig is read and the pod fetched on each call.
 
-    Raises what load_kubeconfig and get_pod_annotation raise,
-    AnycastLimitExceeded for an annotation over MAX_ANNOTATION_BYTES or with
-    too many addresses (before any is parsed), and InvalidAnycastAddress for
-    a malformed one.
+    ``key`` is the annotation's name, ``timeout`` bounds the GET (seconds).
     """
-    from cni_plugin.anycast import AnycastRequest, parse_anycast_addresses, split_addresses
 
-    namespace = env.args.get("K8S_POD_NAMESPACE")
-    name = env.args.get("K8S_POD_NAME")
-    if not config.flock.kubeconfig or not namespace or not name:
-        return None
-    credentials = load_kubeconfig(config.flock.kubeconfig)
-    value = get_pod_annotation(credentials, namespace, name, config.flock.annotation, config.flock.api_timeout)
-    source = f"annotation {config.flock.annotation} of pod {namespace}/{name}"
-    if value is not None and (len(value) > MAX_ANNOTATION_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_ANNOTATION_BYTES):
-        raise AnycastLimitExceeded(
-            f"{source} is longer than {MAX_ANNOTATION_BYTES} bytes",
-            f"at most {MAX_ANNOTATION_BYTES} bytes of comma-separated addresses are read",
-        )
-    items = split_addresses(value, source)
-    if not items:
-        return None
-    return AnycastRequest(source, parse_anycast_addresses(items, source))
+    __slots__ = ("kubeconfig", "key", "timeout")
+
+    def __init__(self, kubeconfig: str, key: str, timeout: float) -> None:
+        self.kubeconfig = kubeconfig
+        self.key = key
+        self.timeout = timeout
+
+    def anycast_annotation(self, namespace: str, name: str) -> str | None:
+        """The value of the pod's annotation ``key``, None when the pod has none.
+
+        Raises what load_kubeconfig and get_pod_annotation raise (a pod that
+        is not found is KubernetesUnreachable, code 11: the runtime retries).
+        """
+        credentials = load_kubeconfig(self.kubeconfig)
+        return get_pod_annotation(credentials, namespace, name, self.key, self.timeout)

@@ -1,14 +1,19 @@
 """One function per CNI verb that needs the config: ADD, DEL, CHECK, GC, STATUS.
 
-Each verb gets validated inputs and its side-effect adapters (the state
-store and the pod loopback) from the dispatcher, so tests can run it with
-fakes; the real adapters are tested in namespaces.
+Each verb gets validated inputs and every side-effect adapter it uses from
+the dispatcher, in a VerbContext: the state store, the pod loopback
+(``loopback.PodLoopback``), the pod annotations (``PodAnnotations``) and
+the clock (``Clock``). Nothing here reaches the kernel, the API server or
+the system clock directly, so tests run the verbs with in-memory fakes
+(tests/unit/fakes.py); the real adapters are tested in namespaces and
+against the stand-in API server.
 """
 
 from __future__ import annotations
 
 from cni_plugin.anycast import (
     AnycastRequest,
+    annotated_anycast,
     check_families,
     check_pools,
     requested_anycast,
@@ -28,8 +33,9 @@ from netconf.results import parse_result, render_result
 from netconf.state import Allocation, PodRef, record_network, utc_now
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
+if TYPE_CHECKING:  # typing costs start-up; the Protocols are for type checkers
+    from datetime import datetime
+    from typing import Any, Protocol
 
     from cni_plugin.environment import CniEnvironment
     from cni_plugin.loopback import PodLoopback
@@ -39,16 +45,55 @@ if TYPE_CHECKING:
 log = get_logger("flock.cni")
 
 
+if TYPE_CHECKING:
+
+    class PodAnnotations(Protocol):
+        """The pods' anycast annotation; the dispatcher's lazy ``kubernetes.ApiPodAnnotations``, a fake in the unit tests."""
+
+        def anycast_annotation(self, namespace: str, name: str) -> str | None:
+            """The annotation's value on pod ``namespace/name``, None when the pod has none.
+
+            Raises KubernetesUnreachable (code 11) when the pod cannot be
+            read or is not found, KubernetesRefused (107), and InvalidConfig
+            for an unusable kubeconfig.
+            """
+
+    class Clock(Protocol):
+        """The time the records carry; ``SystemClock`` here, a fake in the unit tests."""
+
+        def now(self) -> datetime:
+            """The current time, timezone-aware."""
+
+
+class SystemClock:
+    """The real ``Clock``: UTC wall time."""
+
+    __slots__ = ()
+
+    def now(self) -> datetime:
+        return utc_now()
+
+
 class VerbContext:
-    """What a verb works with: validated inputs and its two side-effect adapters."""
+    """What a verb works with: validated inputs and its side-effect adapters."""
 
-    __slots__ = ("env", "config", "store", "loopback")
+    __slots__ = ("env", "config", "store", "loopback", "annotations", "clock")
 
-    def __init__(self, env: CniEnvironment, config: NetworkConfig, store: StateStore, loopback: PodLoopback) -> None:
+    def __init__(
+        self,
+        env: CniEnvironment,
+        config: NetworkConfig,
+        store: StateStore,
+        loopback: PodLoopback,
+        annotations: PodAnnotations,
+        clock: Clock,
+    ) -> None:
         self.env = env
         self.config = config
         self.store = store
         self.loopback = loopback
+        self.annotations = annotations
+        self.clock = clock
 
     @property
     def key(self) -> AllocationKey:
@@ -75,7 +120,7 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
         )
     previous = parse_result(config.prev_result)
     output = render_result(config.prev_result, config.cni_version)
-    request = resolve_anycast(config, env)
+    request = resolve_anycast(context)
     if request is None:
         log.info("no anycast addresses requested for %s; passing prevResult through", env.container_id)
         return output
@@ -98,7 +143,7 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
                 f"not {env.netns!r}",
                 "DEL the attachment first; a runtime follows a failed ADD with DEL, which cleans up the recorded one",
             )
-        now = utc_now()
+        now = context.clock.now()
         covered = _union(earlier.anycast if earlier else (), request.addresses)
         pending = Allocation(
             network=config.name,
@@ -121,7 +166,7 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
                 # A repeated ADD with a changed set: drop what is no longer asked for.
                 stale = [address for address in earlier.anycast if address not in request.addresses]
                 _release_addresses(context, transaction, pending, stale)
-            transaction.put(pending.replace(anycast=request.addresses, state="committed", updated_at=utc_now()))
+            transaction.put(pending.replace(anycast=request.addresses, state="committed", updated_at=context.clock.now()))
         except BaseException:
             _undo_add(context, transaction, pending, request.addresses, earlier)
             raise
@@ -135,17 +180,24 @@ def cmd_add(context: VerbContext) -> dict[str, Any]:
     return output
 
 
-def resolve_anycast(config: NetworkConfig, env: CniEnvironment) -> AnycastRequest | None:
-    """Explicit sources first; the pod annotation only when none named addresses."""
+def resolve_anycast(context: VerbContext) -> AnycastRequest | None:
+    """Explicit sources first; the pod annotation only when none named addresses.
+
+    The annotation is read only with a kubeconfig in the config and the
+    pod's K8S_POD_NAMESPACE and K8S_POD_NAME in the arguments. Raises what
+    ``requested_anycast``, ``PodAnnotations.anycast_annotation`` and
+    ``annotated_anycast`` raise.
+    """
+    config, env = context.config, context.env
     request = requested_anycast(config, dict(env.args))
     if request is not None:
         return request
-    if not config.flock.kubeconfig:
+    namespace = env.args.get("K8S_POD_NAMESPACE")
+    name = env.args.get("K8S_POD_NAME")
+    if not config.flock.kubeconfig or not namespace or not name:
         return None
-    # Imported only here: most ADDs never reach the annotation source.
-    from cni_plugin.kubernetes import annotated_anycast
-
-    return annotated_anycast(config, env)
+    value = context.annotations.anycast_annotation(namespace, name)
+    return annotated_anycast(value, f"annotation {config.flock.annotation} of pod {namespace}/{name}")
 
 
 def _undo_add(
@@ -287,7 +339,7 @@ def _release_attachment(context: VerbContext, transaction: Transaction, record: 
     if not _recorded_netns_alive(context, record):
         return
     if record.state != "pending":
-        record = record.replace(state="pending", updated_at=utc_now())
+        record = record.replace(state="pending", updated_at=context.clock.now())
         transaction.put(record)
         transaction.flush()
     _release_addresses(context, transaction, record, record.anycast)

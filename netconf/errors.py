@@ -3,6 +3,11 @@
 Every module raises a subclass of :class:`CniError`; only the plugin's
 dispatcher catches broadly and turns anything else into code 999. The codes
 follow the CNI spec (SPEC.md "Error" section); 100 and above are ours.
+
+Two spec codes have no class on purpose: 3 (unknown container), because a
+runtime skips its cleanup after it, and 51 (STATUS: existing pods may be
+degraded), because they cannot be: a pod's anycast addresses live on its
+own ``lo`` and nothing the plugin could fail at takes them away.
 """
 
 from __future__ import annotations
@@ -39,12 +44,6 @@ class UnsupportedField(CniError):
     code = 2
 
 
-class UnknownContainer(CniError):
-    """Code 3. Avoided on purpose: a runtime skips cleanup after it."""
-
-    code = 3
-
-
 class InvalidEnvironment(CniError):
     code = 4
 
@@ -69,12 +68,6 @@ class PluginNotAvailable(CniError):
     """STATUS only: ADD cannot be served."""
 
     code = 50
-
-
-class PluginNotAvailableDegraded(CniError):
-    """STATUS only: ADD cannot be served and existing pods may be degraded."""
-
-    code = 51
 
 
 class StateCorrupt(IOFailure):

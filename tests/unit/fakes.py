@@ -1,8 +1,21 @@
-"""In-memory stand-ins for the plugin's side-effect adapters (unit tests only)."""
+"""In-memory stand-ins for the plugin's side-effect adapters (unit tests only).
+
+One fake per Protocol the verbs use (cni_plugin.verbs.VerbContext), as
+containernetworking/plugins keeps a fake Store beside its Store interface:
+
+* FakePodLoopback   — cni_plugin.loopback.PodLoopback (real: NetlinkPodLoopback)
+* FakePodAnnotations — cni_plugin.verbs.PodAnnotations (real: kubernetes.ApiPodAnnotations)
+* FakeClock         — cni_plugin.verbs.Clock (real: verbs.SystemClock)
+
+tests/unit/test_fakes_conform.py checks that each fake (and each real
+adapter) has every method of its Protocol with the same parameters.
+"""
 
 from __future__ import annotations
 
-from netconf.errors import NetlinkFailure, PodNetnsUnusable
+from datetime import UTC, datetime, timedelta
+
+from netconf.errors import KubernetesUnreachable, NetlinkFailure, PodNetnsUnusable
 
 
 class FakePodLoopback:
@@ -45,3 +58,45 @@ class FakePodLoopback:
     def list_addresses(self, netns, inode=None):
         self._check(netns, inode)
         return set(self.addresses[netns])
+
+
+class FakePodAnnotations:
+    """Pods and their anycast annotation, by (namespace, name); None for a pod without one.
+
+    A pod that is not listed is not found, as the API server answers 404
+    (KubernetesUnreachable, code 11); ``error``, when set, is raised by
+    every read instead. ``reads`` lists the pods asked for, in order.
+    """
+
+    def __init__(self, pods=None, error=None) -> None:
+        self.pods: dict[tuple[str, str], str | None] = dict(pods or {})
+        self.error = error
+        self.reads: list[tuple[str, str]] = []
+
+    def anycast_annotation(self, namespace, name):
+        self.reads.append((namespace, name))
+        if self.error is not None:
+            raise self.error
+        if (namespace, name) not in self.pods:
+            raise KubernetesUnreachable(f"cannot read pod {namespace}/{name} from the API server (HTTP 404)")
+        return self.pods[(namespace, name)]
+
+
+class FakeClock:
+    """A UTC clock that moves only by ``step`` per reading, or when a test calls ``advance``."""
+
+    START = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+    def __init__(self, start=START, step=timedelta(0)) -> None:
+        self.current = start
+        self.step = step
+        self.readings: list[datetime] = []
+
+    def now(self):
+        moment = self.current
+        self.readings.append(moment)
+        self.current = moment + self.step
+        return moment
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)

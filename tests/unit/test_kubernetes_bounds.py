@@ -1,7 +1,10 @@
 """The annotation source reads bounded input only (issue 11, defects 4 and 9).
 
-Against the stand-in API server on 127.0.0.1 (no namespace, no root), and a
-raw socket server for answers no real API server sends.
+The real adapter (``kubernetes.ApiPodAnnotations``) and the dispatcher's
+``run`` with every real adapter, against the stand-in API server on
+127.0.0.1 (no namespace, no root), and a raw socket server for answers no
+real API server sends. The verbs' side of the annotation source, with a
+fake in its place: tests/unit/test_plugin_seams.py.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import time
 
 import pytest
 
-from cni_plugin.dispatch import run
-from cni_plugin.kubernetes import MAX_ANNOTATION_BYTES, MAX_POD_BYTES, load_kubeconfig
-from netconf.errors import InvalidConfig
+from cni_plugin.anycast import MAX_ANNOTATION_BYTES
+from cni_plugin.dispatch import PodAnnotationsOnFirstUse, run
+from cni_plugin.kubernetes import MAX_POD_BYTES, ApiPodAnnotations, load_kubeconfig
+from netconf.config import parse_network_config
+from netconf.errors import InvalidConfig, KubernetesRefused, KubernetesUnreachable
 from tests.lab.fake_apiserver import FakeApiServer
 
 ANNOTATION = "flock.fritzlab.net/anycast"
@@ -193,3 +198,48 @@ def test_kubeconfig_through_a_symlink_is_followed(tmp_path, api):
     link = tmp_path / "link"
     os.symlink(real, link)
     assert load_kubeconfig(str(link)).server == url
+
+
+# --- the adapter itself ------------------------------------------------------------------
+
+
+def test_api_adapter_reads_the_annotation_value_as_is(tmp_path, api):
+    server, url = api
+    server.put_pod("dns", "resolver-0", "node-a", annotations={ANNOTATION: " 192.0.2.53, bogus "})
+    server.put_pod("web", "frontend", "node-a")
+    adapter = ApiPodAnnotations(write_kubeconfig(tmp_path, url), ANNOTATION, 5)
+    assert adapter.anycast_annotation("dns", "resolver-0") == " 192.0.2.53, bogus "  # judged by the verbs, not here
+    assert adapter.anycast_annotation("web", "frontend") is None
+    with pytest.raises(KubernetesUnreachable, match="HTTP 404"):
+        adapter.anycast_annotation("dns", "nonexistent")
+    assert [path.split("?")[0] for path in server.requests] == [
+        "/api/v1/namespaces/dns/pods/resolver-0",
+        "/api/v1/namespaces/web/pods/frontend",
+        "/api/v1/namespaces/dns/pods/nonexistent",
+    ]
+
+
+def test_api_adapter_translates_a_refusal(tmp_path, api):
+    server, url = api
+    server.put_pod("dns", "resolver-0", "node-a", annotations={ANNOTATION: "192.0.2.53"})
+    adapter = ApiPodAnnotations(write_kubeconfig(tmp_path, url, user={"token": "wrong"}), ANNOTATION, 5)
+    with pytest.raises(KubernetesRefused):
+        adapter.anycast_annotation("dns", "resolver-0")
+
+
+def test_dispatchers_adapter_reads_through_the_config_settings(tmp_path, api):
+    server, url = api
+    server.put_pod("dns", "resolver-0", "node-a", annotations={"example.com/vip": "192.0.2.9"})
+    document = {
+        "cniVersion": "1.0.0",
+        "name": "flocknet",
+        "type": "flock-anycast",
+        "flock": {
+            "pools": ["192.0.2.0/24"],
+            "kubeconfig": write_kubeconfig(tmp_path, url),
+            "annotation": "example.com/vip",
+            "apiTimeout": 5,
+        },
+    }
+    adapter = PodAnnotationsOnFirstUse(parse_network_config(document).flock)
+    assert adapter.anycast_annotation("dns", "resolver-0") == "192.0.2.9"

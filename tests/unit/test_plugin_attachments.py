@@ -18,7 +18,7 @@ from cni_plugin.environment import CniEnvironment, parse_cni_args
 from netconf.config import parse_network_config
 from netconf.errors import AnycastMissing, NetlinkFailure, PodNetnsUnusable
 from netconf.state import StateStore
-from tests.unit.fakes import FakePodLoopback
+from tests.unit.fakes import FakeClock, FakePodAnnotations, FakePodLoopback
 from tests.unit.test_plugin_bad_input import config
 
 POD = "/run/netns/pod"
@@ -42,7 +42,14 @@ def context(tmp_path, loopback, command="ADD", network="flocknet", ifname="eth0"
     document.update(extra)
     env = CniEnvironment(command=command, container_id=container, netns=netns, ifname=ifname, args=parse_cni_args(cni_args))
     parsed = parse_network_config(document)
-    return verbs.VerbContext(env=env, config=parsed, store=StateStore(parsed.flock.state_dir), loopback=loopback)
+    return verbs.VerbContext(
+        env=env,
+        config=parsed,
+        store=StateStore(parsed.flock.state_dir),
+        loopback=loopback,
+        annotations=FakePodAnnotations(),
+        clock=FakeClock(),
+    )
 
 
 def records(tmp_path):

@@ -1,4 +1,4 @@
-"""The verbs' logic with an in-memory pod loopback and a real state store in tmp."""
+"""The verbs' logic with the in-memory fakes (loopback, annotations, clock) and a real state store in tmp."""
 
 from __future__ import annotations
 
@@ -12,29 +12,37 @@ from cni_plugin.environment import CniEnvironment, parse_cni_args
 from netconf.config import parse_network_config
 from netconf.errors import AnycastMissing, CleanupFailed, NetlinkFailure, PodNetnsUnusable
 from netconf.state import StateStore
-from tests.unit.fakes import FakePodLoopback
+from tests.unit.fakes import FakeClock, FakePodAnnotations, FakePodLoopback
 from tests.unit.test_plugin_bad_input import PREV_DUAL, config
 
-POD = "/run/netns/pod"  # replaced per test by a real path: the verbs check it exists
+POD = "/run/netns/pod"  # exists only in the fake loopback: identify() is the verbs' existence check
 V4 = ipaddress.ip_address("192.0.2.53")
 V6 = ipaddress.ip_address("2001:db8:a::53")
 
 
-@pytest.fixture(autouse=True)
-def pod_netns_path(tmp_path):
-    """A file standing for the pod netns bind mount, so existence checks pass."""
-    path = tmp_path / "netns-pod"
-    path.write_text("")
-    globals()["POD"] = str(path)
-    yield str(path)
-
-
-def context(tmp_path, loopback, command="ADD", container="c1", cni_args="FLOCK_ANYCAST=192.0.2.53,2001:db8:a::53", version="1.1.0", **extra):
+def context(
+    tmp_path,
+    loopback,
+    command="ADD",
+    container="c1",
+    cni_args="FLOCK_ANYCAST=192.0.2.53,2001:db8:a::53",
+    version="1.1.0",
+    annotations=None,
+    clock=None,
+    **extra,
+):
     document = config(str(tmp_path / "state"), version=version)
     document.update(extra)
     env = CniEnvironment(command=command, container_id=container, netns=POD, ifname="eth0", args=parse_cni_args(cni_args))
     parsed = parse_network_config(document)
-    return verbs.VerbContext(env=env, config=parsed, store=StateStore(parsed.flock.state_dir), loopback=loopback)
+    return verbs.VerbContext(
+        env=env,
+        config=parsed,
+        store=StateStore(parsed.flock.state_dir),
+        loopback=loopback,
+        annotations=annotations if annotations is not None else FakePodAnnotations(),
+        clock=clock if clock is not None else FakeClock(),
+    )
 
 
 def fake_loopback():
@@ -142,7 +150,7 @@ def test_gc_continues_past_failures_and_reports_them_together(tmp_path):
 class UnenterableLoopback(FakePodLoopback):
     """A netns path that exists but cannot be entered, for adds and deletes alike."""
 
-    def delete_addresses(self, netns, addresses):
+    def delete_addresses(self, netns, addresses, inode=None):
         raise PodNetnsUnusable(f"cannot enter pod network namespace {netns!r}")
 
 
