@@ -15,6 +15,12 @@ Three steps, each a function:
 - :func:`plan_drain` — after BIRD answered: which stale kernel routes start
   their drain delay and which have waited long enough to be deleted.
 
+Between passes the BIRD side is one value, :class:`BirdState` (what BIRD
+confirmed, the last failure, when to retry and when to probe), moved on by
+pure transitions: :func:`plan_bird_call` (call BIRD this pass?),
+:func:`after_bird_success`, :func:`after_bird_failure` and
+:func:`after_bird_probe`.
+
 A record is input from a file, not a fact: :class:`AddressPolicy` keeps
 every anycast address outside the configured pools, equal to one of the
 node's own addresses, to a BGP peer's address or to any allocation's pod IP
@@ -28,7 +34,7 @@ has passed since then, so peers stop sending before the node stops routing.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Literal
 
@@ -356,6 +362,100 @@ def plan_drain(
         else:
             deadlines[prefix] = deadline
     return DrainPlan(deadlines, frozenset(delete))
+
+
+def backoff_delay(failures: int, initial: float, maximum: float) -> float:
+    """Exponential back-off: initial, 2x, 4x... capped at maximum (failures >= 1)."""
+    return min(maximum, initial * (2 ** max(0, failures - 1)))
+
+
+@dataclass(frozen=True)
+class BirdState:
+    """The BIRD side of the loop between passes; replaced by the transitions below, never mutated.
+
+    ``exported``: the set BIRD last confirmed (None: never). ``error`` and
+    ``failures``: the last failed apply and how many failed in a row.
+    ``attempted``: the set last handed to BIRD. ``retry_at``: when a failed
+    set may be tried again (monotonic). ``probe_at``: when to probe BIRD's
+    socket, set only while nothing listens on it (a BIRD that answers but
+    refuses the config waits out the back-off). ``staged``: prefixes written
+    to the include on disk while BIRD was unreachable and not confirmed
+    since — a BIRD starting meanwhile may advertise them.
+    """
+
+    exported: frozenset[IPNetwork] | None = None
+    error: str | None = None
+    failures: int = 0
+    attempted: frozenset[IPNetwork] | None = None
+    retry_at: float | None = None
+    probe_at: float | None = None
+    staged: frozenset[IPNetwork] = frozenset()
+
+    @property
+    def may_advertise(self) -> frozenset[IPNetwork] | None:
+        """What BIRD may be advertising now (None: unknown), the ``exported`` of :func:`plan_drain`.
+
+        An unreachable socket does not prove that BIRD stopped advertising,
+        and a BIRD (re)started meanwhile loads the staged include: a withdrawal
+        counts only once BIRD itself confirmed it.
+        """
+        return None if self.exported is None else self.exported | self.staged
+
+
+def plan_bird_call(state: BirdState, export: frozenset[IPNetwork], full: bool, now: float) -> bool:
+    """Should this pass hand ``export`` to BIRD?
+
+    Yes when it differs from what BIRD confirmed, on a ``full`` resync, and
+    while failing — except for the very set that failed, until its
+    ``retry_at`` (a changed set is tried at once, even while backing off).
+    """
+    failing = state.error is not None
+    if export == state.exported and not failing and not full:
+        return False
+    if failing and export == state.attempted and state.retry_at is not None and now < state.retry_at:
+        return False  # same request failed recently; the retry is scheduled
+    return True
+
+
+def after_bird_success(state: BirdState, export: frozenset[IPNetwork]) -> BirdState:
+    """BIRD confirmed ``export``: no error, no retry, no probe, nothing staged."""
+    return BirdState(exported=export, attempted=export)
+
+
+def after_bird_failure(
+    state: BirdState,
+    export: frozenset[IPNetwork],
+    error: str,
+    *,
+    unreachable: bool,
+    staged: bool,
+    now: float,
+    retry_initial: float,
+    retry_maximum: float,
+    probe_interval: float,
+) -> BirdState:
+    """BIRD did not confirm ``export``: retry after the back-off, probe while ``unreachable``.
+
+    ``staged``: the include on disk holds ``export`` anyway (see
+    :attr:`BirdState.may_advertise`). ``exported`` stays what BIRD confirmed last.
+    """
+    failures = state.failures + 1
+    return replace(
+        state,
+        error=error,
+        failures=failures,
+        attempted=export,
+        retry_at=now + backoff_delay(failures, retry_initial, retry_maximum),
+        probe_at=now + probe_interval if unreachable else None,
+        staged=state.staged | export if staged else state.staged,
+    )
+
+
+def after_bird_probe(state: BirdState, back: bool, now: float, probe_interval: float) -> BirdState:
+    """A probe of BIRD's socket: ``back`` drops the back-off wait (the next pass re-applies); else probe again later."""
+    if back:
+        return replace(state, probe_at=None, retry_at=None)
+    return replace(state, probe_at=now + probe_interval)
 
 
 def count_next_hops(routes: Routes) -> int:

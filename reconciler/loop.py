@@ -1,26 +1,35 @@
 """The level-triggered reconciler: one pass observes, plans and applies in the safe order.
 
-A pass (:meth:`Reconciler.reconcile`):
+A pass (:meth:`Reconciler.reconcile`), one method per step:
 
-1. read the state records: a record that cannot be read keeps its own
-   last good allocation (none if it was never read good) and is reported;
-   every other record is used as it is now. A directory that cannot be
-   listed at all keeps the last good view of everything and reports unready
-   (with no good view yet, change nothing);
-2. take the readiness view, ask the kernel for the device reaching each
-   Ready pod IP and for the node's own addresses, compute
-   :func:`desired_routes` under the :class:`AddressPolicy` (pools, node and
-   peer addresses, pod IPs): a refused address is never routed and reported;
-3. list the kernel routes of our protocol, :func:`diff`;
-4. **advertise**: install added/changed routes first, then hand BIRD the
-   export set (only prefixes whose route is in place). BIRD is called only
-   when that set differs from the one BIRD last confirmed, after a failure
-   (with back-off), or on a periodic resync (the adapter skips the reload
-   when the rendered bytes are unchanged). A next hop joining or leaving an
-   existing prefix is a route replace and never changes the export set;
-5. **withdraw**: a stale route (ours, not desired) is deleted only after
-   BIRD confirmed a set without its prefix and the drain delay has passed
-   (:func:`plan_drain`); desired again while draining → kept, re-advertised.
+1. **observe** (:meth:`~Reconciler._observe_allocations`,
+   :meth:`~Reconciler._observe_node`): read the state records — a record
+   that cannot be read keeps its own last good allocation (none if it was
+   never read good) and is reported; every other record is used as it is
+   now. A directory that cannot be listed at all keeps the last good view
+   of everything and reports unready (with no good view yet, change
+   nothing). Then the readiness view, the device reaching each Ready pod
+   IP, the node's own addresses, the kernel routes of our protocol and the
+   BGP peers' addresses;
+2. **plan** (:meth:`~Reconciler._plan`): :func:`desired_routes` under the
+   :class:`AddressPolicy` (pools, node and peer addresses, pod IPs: a
+   refused address is never routed and reported), then :func:`diff`;
+3. **advertise** (:meth:`~Reconciler._ensure_routes`): install added and
+   changed routes — the kernel route exists before BIRD exports it. A next
+   hop joining or leaving an existing prefix is a route replace and never
+   changes the export set;
+4. **export** (:meth:`~Reconciler._export`): hand BIRD the export set
+   (only prefixes whose route is in place). BIRD is called only when that
+   set differs from the one BIRD last confirmed, after a failure (with
+   back-off), or on a periodic resync (the adapter skips the reload when
+   the rendered bytes are unchanged) — :func:`plan_bird_call`; what BIRD
+   answered moves the pure :class:`BirdState` on;
+5. **withdraw** (:meth:`~Reconciler._drain`): a stale route (ours, not
+   desired) is deleted only after BIRD confirmed a set without its prefix
+   and the drain delay has passed (:func:`plan_drain`); desired again while
+   draining → kept, re-advertised;
+6. **report** (:meth:`~Reconciler._report`): gauges and the
+   :class:`PassReport`.
 
 A pass with nothing changed makes no netlink write and no BIRD call.
 
@@ -36,6 +45,9 @@ advertising (a replaced socket file, a wrong path).
 The :class:`Scheduler` runs passes: at start, on wake-ups (state file,
 readiness, route events) coalesced by a debounce with a bounded maximum
 wait, at drain deadlines and BIRD retry times, and every resync interval.
+Every timer reads the injected clock: the reconciler a :class:`Clock`, the
+scheduler and the :class:`Waker` a :class:`TimerClock` (which also waits),
+so a test can drive them in simulated time.
 
 May: call the kernel, BIRD and readiness adapters it is given, log, update
 metrics. May not: open sockets or files itself (adapters do), install
@@ -57,16 +69,24 @@ from netconf.state import Allocation, AllocationKey, StateDocument, record_file_
 from reconciler.desired import (
     REFUSE_REASONS,
     AddressPolicy,
+    BirdState,
+    DesiredRoutes,
     IPAddress,
     IPNetwork,
     NextHop,
     RefusedAddress,
+    RouteAction,
     RoutePlan,
     SkippedNextHop,
+    after_bird_failure,
+    after_bird_probe,
+    after_bird_success,
+    backoff_delay,
     count_next_hops,
     desired_pod_ips,
     desired_routes,
     diff,
+    plan_bird_call,
     plan_drain,
 )
 from reconciler.kernel import KernelError
@@ -142,12 +162,26 @@ class Clock(Protocol):
     def time(self) -> float: ...
 
 
+class TimerClock(Clock, Protocol):
+    """A clock that can also block: what the :class:`Waker` and the :class:`Scheduler` wait with."""
+
+    def wait_until(self, condition: threading.Condition, deadline: float) -> None:
+        """Wait on ``condition`` (held by the caller) until notified or until :meth:`monotonic` reaches ``deadline``.
+
+        May return early (a spurious wake-up); callers re-check.
+        """
+        ...
+
+
 class SystemClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
     def time(self) -> float:
         return time.time()
+
+    def wait_until(self, condition: threading.Condition, deadline: float) -> None:
+        condition.wait(max(0.0, deadline - time.monotonic()))
 
 
 # -- settings and results ------------------------------------------------------
@@ -223,9 +257,25 @@ class Health:
         return self.passes > 0 and not self.problems
 
 
-def backoff_delay(failures: int, initial: float, maximum: float) -> float:
-    """Exponential back-off: initial, 2x, 4x... capped at maximum (failures >= 1)."""
-    return min(maximum, initial * (2 ** max(0, failures - 1)))
+@dataclass(frozen=True)
+class NodeView:
+    """What the observe step saw of the node in one pass (inputs of the plan step)."""
+
+    allocations: list[Allocation]
+    is_ready: Callable[[Allocation], bool]
+    devices: Mapping[IPAddress, str | None]
+    local_addresses: frozenset[IPAddress]
+    peer_addresses: frozenset[IPAddress]
+    routes: Mapping[IPNetwork, frozenset[NextHop]]
+
+
+@dataclass(frozen=True)
+class _ExportAnswer:
+    ok: bool
+    reloaded: bool
+    error: str | None
+    unreachable: bool
+    staged: bool
 
 
 # -- the reconciler ------------------------------------------------------------
@@ -262,30 +312,24 @@ class Reconciler:
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
         self._lock = threading.Lock()
+        # observe: the state records (see _observe_allocations)
         self._allocations: list[Allocation] | None = None
+        self._state_error: str | None = None
         # The last good allocation of each record file, by file name; a
         # record that turns unreadable keeps its entry, one removed loses it.
         self._last_good: dict[str, Allocation] = {}
         self._file_names: dict[AllocationKey, str] = {}
         self._unreadable: dict[str, CniError] = {}
         self._unreadable_text: dict[str, str] = {}
+        self._kernel_error: str | None = None
+        # plan: what was refused or skipped (logged once, listed in /readyz)
         self._refused: tuple[RefusedAddress, ...] = ()
         self._refused_logged: frozenset[tuple[Any, ...]] = frozenset()
-        self._bird_unreachable = False
-        self._bird_probe_at: float | None = None
-        # Prefixes written to the include on disk while BIRD was unreachable
-        # and not confirmed since: a BIRD starting meanwhile may advertise
-        # them, so their routes are not deleted until BIRD confirms.
-        self._staged: frozenset[IPNetwork] = frozenset()
-        self._state_error: str | None = None
-        self._kernel_error: str | None = None
-        self._exported: frozenset[IPNetwork] | None = None
-        self._bird_error: str | None = None
-        self._bird_failures = 0
-        self._bird_attempted: frozenset[IPNetwork] | None = None
-        self._bird_retry_at: float | None = None
-        self._draining: dict[IPNetwork, float] = {}
         self._skipped_logged: frozenset[tuple[Any, ...]] = frozenset()
+        # export: one pure value, replaced by desired.after_bird_* (never mutated)
+        self._bird = BirdState()
+        # withdraw: drain deadlines (monotonic) of stale routes
+        self._draining: dict[IPNetwork, float] = {}
         self._passes = 0
 
     # -- read-only views (any thread) --------------------------------------
@@ -293,7 +337,12 @@ class Reconciler:
     @property
     def exported(self) -> frozenset[IPNetwork] | None:
         """The export set BIRD last confirmed (None: not yet)."""
-        return self._exported
+        return self._bird.exported
+
+    @property
+    def bird_state(self) -> BirdState:
+        """What BIRD confirmed, the last failure, retry and probe times (a frozen value)."""
+        return self._bird
 
     @property
     def draining(self) -> dict[IPNetwork, float]:
@@ -302,13 +351,13 @@ class Reconciler:
     def next_deadline(self) -> float | None:
         """The earliest monotonic time a pass is due without any event (drain end, BIRD retry)."""
         deadlines = list(self._draining.values())
-        if self._bird_retry_at is not None:
-            deadlines.append(self._bird_retry_at)
+        if self._bird.retry_at is not None:
+            deadlines.append(self._bird.retry_at)
         return min(deadlines) if deadlines else None
 
     def next_bird_probe(self) -> float | None:
         """When to probe BIRD's socket next (monotonic); None unless BIRD was found unreachable."""
-        return self._bird_probe_at
+        return self._bird.probe_at
 
     def probe_bird(self) -> bool:
         """Probe BIRD's socket; True when BIRD is back and a pass should re-apply at once.
@@ -322,25 +371,22 @@ class Reconciler:
         except Exception:  # noqa: BLE001 - the adapter should not raise; a failed probe is "not yet"
             back = False
         with self._lock:
-            if back:
-                self._bird_probe_at = None
-                self._bird_retry_at = None
-            else:
-                self._bird_probe_at = now + self.settings.bird_probe_interval
+            self._bird = after_bird_probe(self._bird, back, now, self.settings.bird_probe_interval)
         if back:
             log.info("BIRD's socket accepts connections again, re-applying now")
         return back
 
     def health(self) -> Health:
         with self._lock:
+            bird = self._bird
             readiness_status = self.readiness.status()
             problems = []
             if self._state_error:
                 problems.append(f"state: {self._state_error}")
             if self._kernel_error:
                 problems.append(f"kernel: {self._kernel_error}")
-            if self._bird_error:
-                problems.append(f"bird: {self._bird_error}")
+            if bird.error:
+                problems.append(f"bird: {bird.error}")
             if not readiness_status.healthy:
                 problems.append(f"readiness: {readiness_status.detail}")
             if self._passes == 0:
@@ -362,7 +408,7 @@ class Reconciler:
             return Health(
                 state_ok=self._state_error is None and self._allocations is not None,
                 kernel_ok=self._kernel_error is None,
-                bird_ok=self._bird_error is None and self._exported is not None,
+                bird_ok=bird.error is None and bird.exported is not None,
                 readiness_ok=readiness_status.healthy,
                 passes=self._passes,
                 problems=tuple(problems),
@@ -394,109 +440,38 @@ class Reconciler:
 
     def _reconcile(self, full: bool) -> PassReport:
         now = self.clock.monotonic()
+        # 1. observe
         allocations = self._observe_allocations()
         if allocations is None:
             # No good view of the allocations ever: touching anything could
             # withdraw every pod on the node. Wait for a readable file.
             return PassReport("skipped", errors=(self._state_error or "no state",))
-        view = self.readiness.observe()
-
         try:
-            devices = {address: self.kernel.device_for(address) for address in desired_pod_ips(allocations, view.is_ready)}
-            node_addresses = self.kernel.list_local_addresses()
-            observed = self.kernel.list_routes()
+            node = self._observe_node(allocations)
         except KernelError as exc:
             self._note_kernel_error(str(exc))
             return PassReport("error", errors=(str(exc),))
-
-        policy = AddressPolicy(self.pools, node_addresses, self._peer_addresses())
-        desired = desired_routes(allocations, view.is_ready, devices.get, policy)
-        self._note_skipped(desired.skipped)
-        self._note_refused(desired.refused)
-        plan = diff(desired.routes, observed, self._exported)
-        errors: list[str] = []
-
-        # Advertise, step 1: the kernel route must exist before BIRD exports it.
-        written: list[IPNetwork] = []
-        after = dict(observed)
-        for action in plan.ensure:
-            try:
-                self.kernel.ensure_route(action.prefix, action.next_hops)
-            except KernelError as exc:
-                errors.append(str(exc))
-                self.metrics.route_writes.labels(action.op, "error").inc()
-                log.error(
-                    "route write failed",
-                    extra=fields(op=action.op, prefix=action.prefix, error=str(exc)),
-                )
-                continue
-            self.metrics.route_writes.labels(action.op, "ok").inc()
-            written.append(action.prefix)
-            after[action.prefix] = action.next_hops
-            if len(written) <= _LOG_EACH:
-                log.info(
-                    "route " + ("added" if action.op == "add" else "replaced"),
-                    extra=fields(
-                        prefix=action.prefix, next_hops=_hops_text(action.next_hops), was=_hops_text(action.previous)
-                    ),
-                )
-        if len(written) > _LOG_EACH:
-            log.info("more routes written", extra=fields(count=len(written) - _LOG_EACH, total=len(written)))
-        export = frozenset(prefix for prefix in plan.export if prefix in after)
-
-        # Advertise step 2 / withdraw step 1: BIRD.
-        bird_called = self._ensure_exported(export, full, now)
-
-        # Withdraw, step 2: delete stale routes once BIRD dropped them and the drain delay passed.
-        drain = plan_drain(
-            (action.prefix for action in plan.stale),
-            self._exported | self._staged if self._exported is not None else None,
-            self._draining,
-            now,
-            self.settings.drain_delay,
-        )
-        draining = dict(drain.draining)
-        deleted: list[IPNetwork] = []
-        for prefix in sorted(drain.delete, key=lambda p: (p.version, p)):
-            try:
-                self.kernel.delete_route(prefix)
-            except KernelError as exc:
-                errors.append(str(exc))
-                self.metrics.route_writes.labels("delete", "error").inc()
-                draining[prefix] = now + self.settings.retry_initial  # try again soon
-                log.error("route delete failed", extra=fields(prefix=prefix, error=str(exc)))
-                continue
-            self.metrics.route_writes.labels("delete", "ok").inc()
-            deleted.append(prefix)
-            after.pop(prefix, None)
-            if len(deleted) <= _LOG_EACH:
-                log.info("route deleted", extra=fields(prefix=prefix, reason="withdrawn and drained"))
-        if len(deleted) > _LOG_EACH:
-            log.info("more routes deleted", extra=fields(count=len(deleted) - _LOG_EACH, total=len(deleted)))
-        started_draining = sorted(set(draining) - set(self._draining), key=lambda p: (p.version, p))
-        if started_draining:
-            log.info(
-                "routes draining",
-                extra=fields(
-                    prefixes=_prefixes_text(started_draining),
-                    delete_in=f"{max(0.0, min(draining.values()) - now):.3f}s",
-                ),
-            )
-        self._draining = draining
-        self._note_kernel_error(None)
-        self._update_gauges(after, desired.skipped)
-        return PassReport(
-            "error" if errors or self._bird_error else "ok",
-            plan=plan,
-            written=tuple(written),
-            deleted=tuple(deleted),
+        # 2. plan
+        desired, plan = self._plan(node)
+        # 3. advertise: the kernel route must exist before BIRD exports it.
+        written, write_errors = self._ensure_routes(plan.ensure)
+        routes = dict(node.routes)
+        routes.update((action.prefix, action.next_hops) for action in written)
+        # 4. export (advertise step 2, withdraw step 1): only prefixes whose route is in place.
+        bird_called = self._export(frozenset(prefix for prefix in plan.export if prefix in routes), full, now)
+        # 5. withdraw: delete stale routes once BIRD dropped them and the drain delay passed.
+        deleted, delete_errors = self._drain(plan.stale, now)
+        for prefix in deleted:
+            routes.pop(prefix, None)
+        # 6. report
+        return self._report(
+            plan,
+            desired,
+            routes,
+            written=tuple(action.prefix for action in written),
+            deleted=deleted,
             bird_called=bird_called,
-            exported=self._exported,
-            draining=dict(draining),
-            skipped=desired.skipped,
-            refused=desired.refused,
-            unreadable=tuple(sorted(self._unreadable)),
-            errors=tuple(errors) + ((f"bird: {self._bird_error}",) if self._bird_error else ()),
+            errors=write_errors + delete_errors,
         )
 
     # -- steps --------------------------------------------------------------
@@ -610,75 +585,195 @@ class Reconciler:
             log.warning("cannot learn BGP peer addresses", extra=fields(error=repr(exc)))
             return frozenset()
 
-    def _ensure_exported(self, export: frozenset[IPNetwork], full: bool, now: float) -> bool:
-        failing = self._bird_error is not None
-        if export == self._exported and not failing and not full:
-            return False
-        if failing and export == self._bird_attempted and self._bird_retry_at is not None and now < self._bird_retry_at:
-            return False  # same request failed recently; the retry is scheduled
-        self._bird_attempted = export
-        try:
-            outcome = self.bird.ensure_exported(export)
-            ok, reloaded, error = outcome.ok, outcome.reloaded, outcome.error
-            unreachable, staged = outcome.unreachable, outcome.staged
-        except Exception as exc:  # noqa: BLE001 - the adapter should not raise; never let it kill us
-            ok, reloaded, error = False, False, f"BIRD adapter raised {exc!r}"
-            unreachable = staged = False
-        if reloaded:
-            self.metrics.bird_reloads.inc()
-        if ok:
-            self.metrics.bird_calls.labels("ok").inc()
-            if self._bird_error is not None:
-                log.info("BIRD apply succeeded again", extra=fields(after_failures=self._bird_failures))
-            added = export - (self._exported or frozenset())
-            removed = (self._exported or frozenset()) - export
-            if added or removed or reloaded:
+    def _observe_node(self, allocations: list[Allocation]) -> NodeView:
+        """Readiness, then the kernel (devices, own addresses, our routes), then the BGP peers.
+
+        Raises KernelError when the kernel cannot be asked (the pass stops there).
+        """
+        view = self.readiness.observe()
+        devices = {address: self.kernel.device_for(address) for address in desired_pod_ips(allocations, view.is_ready)}
+        local_addresses = self.kernel.list_local_addresses()
+        routes = self.kernel.list_routes()
+        return NodeView(allocations, view.is_ready, devices, local_addresses, self._peer_addresses(), routes)
+
+    def _plan(self, node: NodeView) -> tuple[DesiredRoutes, RoutePlan]:
+        """Desired routes under the address policy (skipped and refused ones noted), diffed with the kernel."""
+        policy = AddressPolicy(self.pools, node.local_addresses, node.peer_addresses)
+        desired = desired_routes(node.allocations, node.is_ready, node.devices.get, policy)
+        self._note_skipped(desired.skipped)
+        self._note_refused(desired.refused)
+        return desired, diff(desired.routes, node.routes, self._bird.exported)
+
+    def _ensure_routes(self, actions: Sequence[RouteAction]) -> tuple[tuple[RouteAction, ...], tuple[str, ...]]:
+        """Apply the route adds and replaces; returns those written and the errors of those that failed."""
+        written: list[RouteAction] = []
+        errors: list[str] = []
+        for action in actions:
+            try:
+                self.kernel.ensure_route(action.prefix, action.next_hops)
+            except KernelError as exc:
+                errors.append(str(exc))
+                self.metrics.route_writes.labels(action.op, "error").inc()
+                log.error(
+                    "route write failed",
+                    extra=fields(op=action.op, prefix=action.prefix, error=str(exc)),
+                )
+                continue
+            self.metrics.route_writes.labels(action.op, "ok").inc()
+            written.append(action)
+            if len(written) <= _LOG_EACH:
                 log.info(
-                    "BIRD export applied",
+                    "route " + ("added" if action.op == "add" else "replaced"),
                     extra=fields(
-                        advertised=_prefixes_text(added),
-                        withdrawn=_prefixes_text(removed),
-                        total=len(export),
-                        reloaded=reloaded,
+                        prefix=action.prefix, next_hops=_hops_text(action.next_hops), was=_hops_text(action.previous)
                     ),
                 )
-            with self._lock:
-                self._exported = export
-                self._bird_error = None
-                self._bird_failures = 0
-                self._bird_retry_at = None
-                self._bird_unreachable = False
-                self._bird_probe_at = None
-                self._staged = frozenset()
-            self.metrics.bird_last_success.set(self.clock.time())
-            for family, version in (("ipv4", 4), ("ipv6", 6)):
-                self.metrics.advertised_prefixes.labels(family).set(
-                    sum(1 for prefix in export if prefix.version == version)
-                )
+        if len(written) > _LOG_EACH:
+            log.info("more routes written", extra=fields(count=len(written) - _LOG_EACH, total=len(written)))
+        return tuple(written), tuple(errors)
+
+    def _export(self, export: frozenset[IPNetwork], full: bool, now: float) -> bool:
+        """Hand BIRD ``export`` when :func:`plan_bird_call` says so; True when BIRD was called."""
+        before = self._bird
+        if not plan_bird_call(before, export, full, now):
+            return False
+        answer = self._call_bird(export)
+        if answer.reloaded:
+            self.metrics.bird_reloads.inc()
+        if answer.ok:
+            after = after_bird_success(before, export)
         else:
-            self.metrics.bird_calls.labels("error").inc()
-            self.metrics.bird_apply_failures.inc()
-            with self._lock:
-                self._bird_failures += 1
-                self._bird_error = error or "BIRD apply failed"
-                delay = backoff_delay(self._bird_failures, self.settings.retry_initial, self.settings.retry_maximum)
-                self._bird_retry_at = now + delay
-                # Probe for BIRD's return only while nothing listens: a BIRD
-                # that answers but refuses the config waits out the back-off.
-                self._bird_unreachable = unreachable
-                self._bird_probe_at = now + self.settings.bird_probe_interval if unreachable else None
-                if staged:
-                    self._staged |= export
-            log.error(
-                "BIRD apply failed, will retry",
+            after = after_bird_failure(
+                before,
+                export,
+                answer.error or "BIRD apply failed",
+                unreachable=answer.unreachable,
+                staged=answer.staged,
+                now=now,
+                retry_initial=self.settings.retry_initial,
+                retry_maximum=self.settings.retry_maximum,
+                probe_interval=self.settings.bird_probe_interval,
+            )
+        with self._lock:
+            self._bird = after
+        if answer.ok:
+            self._note_bird_success(before, export, answer.reloaded)
+        else:
+            self._note_bird_failure(after, answer.staged)
+        return True
+
+    def _call_bird(self, export: frozenset[IPNetwork]) -> _ExportAnswer:
+        try:
+            outcome = self.bird.ensure_exported(export)
+        except Exception as exc:  # noqa: BLE001 - the adapter should not raise; never let it kill us
+            return _ExportAnswer(False, False, f"BIRD adapter raised {exc!r}", unreachable=False, staged=False)
+        return _ExportAnswer(outcome.ok, outcome.reloaded, outcome.error, outcome.unreachable, outcome.staged)
+
+    def _drain(self, stale: Sequence[RouteAction], now: float) -> tuple[tuple[IPNetwork, ...], tuple[str, ...]]:
+        """Delete the stale routes :func:`plan_drain` lets go; returns those deleted and the errors."""
+        drain = plan_drain(
+            (action.prefix for action in stale),
+            self._bird.may_advertise,
+            self._draining,
+            now,
+            self.settings.drain_delay,
+        )
+        draining = dict(drain.draining)
+        deleted: list[IPNetwork] = []
+        errors: list[str] = []
+        for prefix in sorted(drain.delete, key=lambda p: (p.version, p)):
+            try:
+                self.kernel.delete_route(prefix)
+            except KernelError as exc:
+                errors.append(str(exc))
+                self.metrics.route_writes.labels("delete", "error").inc()
+                draining[prefix] = now + self.settings.retry_initial  # try again soon
+                log.error("route delete failed", extra=fields(prefix=prefix, error=str(exc)))
+                continue
+            self.metrics.route_writes.labels("delete", "ok").inc()
+            deleted.append(prefix)
+            if len(deleted) <= _LOG_EACH:
+                log.info("route deleted", extra=fields(prefix=prefix, reason="withdrawn and drained"))
+        if len(deleted) > _LOG_EACH:
+            log.info("more routes deleted", extra=fields(count=len(deleted) - _LOG_EACH, total=len(deleted)))
+        started_draining = sorted(set(draining) - set(self._draining), key=lambda p: (p.version, p))
+        if started_draining:
+            log.info(
+                "routes draining",
                 extra=fields(
-                    error=self._bird_error,
-                    failures=self._bird_failures,
-                    retry_in=f"{delay:.3f}s",
-                    include_on_disk="rewritten for BIRD's next start" if staged else "unchanged",
+                    prefixes=_prefixes_text(started_draining),
+                    delete_in=f"{max(0.0, min(draining.values()) - now):.3f}s",
                 ),
             )
-        return True
+        self._draining = draining
+        return tuple(deleted), tuple(errors)
+
+    def _report(
+        self,
+        plan: RoutePlan,
+        desired: DesiredRoutes,
+        routes: Mapping[IPNetwork, frozenset[NextHop]],
+        *,
+        written: tuple[IPNetwork, ...],
+        deleted: tuple[IPNetwork, ...],
+        bird_called: bool,
+        errors: tuple[str, ...],
+    ) -> PassReport:
+        """Gauges of the routes after the pass, and the pass's report."""
+        self._note_kernel_error(None)
+        self._update_gauges(routes)
+        bird = self._bird
+        return PassReport(
+            "error" if errors or bird.error else "ok",
+            plan=plan,
+            written=written,
+            deleted=deleted,
+            bird_called=bird_called,
+            exported=bird.exported,
+            draining=dict(self._draining),
+            skipped=desired.skipped,
+            refused=desired.refused,
+            unreadable=tuple(sorted(self._unreadable)),
+            errors=errors + ((f"bird: {bird.error}",) if bird.error else ()),
+        )
+
+    # -- notes: logs, metrics and what health() shows ---------------------------
+
+    def _note_bird_success(self, before: BirdState, export: frozenset[IPNetwork], reloaded: bool) -> None:
+        self.metrics.bird_calls.labels("ok").inc()
+        if before.error is not None:
+            log.info("BIRD apply succeeded again", extra=fields(after_failures=before.failures))
+        added = export - (before.exported or frozenset())
+        removed = (before.exported or frozenset()) - export
+        if added or removed or reloaded:
+            log.info(
+                "BIRD export applied",
+                extra=fields(
+                    advertised=_prefixes_text(added),
+                    withdrawn=_prefixes_text(removed),
+                    total=len(export),
+                    reloaded=reloaded,
+                ),
+            )
+        self.metrics.bird_last_success.set(self.clock.time())
+        for family, version in (("ipv4", 4), ("ipv6", 6)):
+            self.metrics.advertised_prefixes.labels(family).set(
+                sum(1 for prefix in export if prefix.version == version)
+            )
+
+    def _note_bird_failure(self, after: BirdState, staged: bool) -> None:
+        self.metrics.bird_calls.labels("error").inc()
+        self.metrics.bird_apply_failures.inc()
+        delay = backoff_delay(after.failures, self.settings.retry_initial, self.settings.retry_maximum)
+        log.error(
+            "BIRD apply failed, will retry",
+            extra=fields(
+                error=after.error,
+                failures=after.failures,
+                retry_in=f"{delay:.3f}s",
+                include_on_disk="rewritten for BIRD's next start" if staged else "unchanged",
+            ),
+        )
 
     def _note_kernel_error(self, message: str | None) -> None:
         if message is not None and message != self._kernel_error:
@@ -729,7 +824,7 @@ class Reconciler:
         with self._lock:
             self._refused = refused
 
-    def _update_gauges(self, routes: dict[IPNetwork, frozenset[NextHop]], skipped: Iterable[SkippedNextHop]) -> None:
+    def _update_gauges(self, routes: Mapping[IPNetwork, frozenset[NextHop]]) -> None:
         for family, version in (("ipv4", 4), ("ipv6", 6)):
             self.metrics.routes.labels(family).set(sum(1 for prefix in routes if prefix.version == version))
         self.metrics.next_hops.set(count_next_hops(routes))
@@ -745,19 +840,23 @@ def coalesced_due(first_event: float, last_event: float, debounce: float, max_wa
 
 
 class Waker:
-    """Thread-safe wake-up box: event sources call :meth:`wake`, the scheduler drains it."""
+    """Thread-safe wake-up box: event sources call :meth:`wake`, the scheduler drains it.
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    Times are ``clock``'s (default :class:`SystemClock`), and so are waits.
+    """
+
+    def __init__(self, metrics: Metrics | None = None, clock: TimerClock | None = None) -> None:
+        self.clock: TimerClock = clock or SystemClock()
         self._condition = threading.Condition()
         self._reasons: set[str] = set()
         self._first: float | None = None
         self._last: float | None = None
         self._stopped = False
         self._metrics = metrics
-        self.last_tick = time.monotonic()
+        self.last_tick = self.clock.monotonic()
 
     def wake(self, reason: str) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._condition:
             self._reasons.add(reason)
             if self._first is None:
@@ -792,7 +891,7 @@ class Waker:
         """
         with self._condition:
             while not self._stopped:
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 due = timer_due
                 if self._first is not None and self._last is not None:
                     event_due = coalesced_due(self._first, self._last, debounce, max_wait)
@@ -802,13 +901,18 @@ class Waker:
                     self._reasons.clear()
                     self._first = self._last = None
                     return reasons
-                self._condition.wait(min(due - now, heartbeat))
-                self.last_tick = time.monotonic()
+                self.clock.wait_until(self._condition, min(due, now + heartbeat))
+                self.last_tick = self.clock.monotonic()
             return None
 
 
 class Scheduler:
-    """Runs the reconciler until stopped: start pass, events, deadlines, periodic resync."""
+    """Runs the reconciler until stopped: start pass, events, deadlines, periodic resync.
+
+    ``clock`` (default: the waker's) times the resync, the pass spacing and
+    :meth:`tick_age`; it must be the waker's clock, and the reconciler's
+    too for its deadlines to mean the same time.
+    """
 
     def __init__(
         self,
@@ -816,11 +920,13 @@ class Scheduler:
         waker: Waker,
         settings: LoopSettings,
         on_pass: Callable[[PassReport], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.waker = waker
         self.settings = settings
-        self.last_tick = time.monotonic()
+        self.clock: Clock = clock or waker.clock
+        self.last_tick = self.clock.monotonic()
         self.on_pass = on_pass
         # Called before each pass (e.g. re-adding an inotify watch on a directory created late).
         self.before_pass: Callable[[], object] | None = None
@@ -835,7 +941,7 @@ class Scheduler:
     min_event_spacing = 0.02
 
     def run(self) -> None:
-        next_resync = time.monotonic()  # the first pass runs at once, as a full resync
+        next_resync = self.clock.monotonic()  # the first pass runs at once, as a full resync
         earliest = 0.0  # for timer-driven passes
         events_not_before = 0.0
         while True:
@@ -846,7 +952,7 @@ class Scheduler:
             probe_due = self.reconciler.next_bird_probe()
             if probe_due is not None:
                 timer_due = min(timer_due, probe_due)
-            self.last_tick = time.monotonic()
+            self.tick()
             reasons = self.waker.wait(
                 timer_due,
                 self.settings.debounce,
@@ -855,7 +961,7 @@ class Scheduler:
             )
             if reasons is None:
                 return
-            now = time.monotonic()
+            now = self.clock.monotonic()
             full = now >= next_resync
             if full:
                 reasons.add("resync")
@@ -878,15 +984,19 @@ class Scheduler:
                 except Exception as exc:  # noqa: BLE001 - a hook must not stop the loop
                     log.warning("pre-pass hook failed", extra=fields(error=repr(exc)))
             report = self.reconciler.reconcile(full=full)
-            self.last_tick = time.monotonic()
+            self.tick()
             events_not_before = self.last_tick + self.min_event_spacing
             spacing = self.min_spacing if report.result != "error" else max(self.min_spacing, self.settings.retry_initial)
             earliest = self.last_tick + spacing
             if self.on_pass is not None:
                 self.on_pass(report)
 
+    def tick(self) -> None:
+        """Mark the loop alive now (also while ``main`` holds the first pass for a readiness view)."""
+        self.last_tick = self.clock.monotonic()
+
     def tick_age(self) -> float:
-        return max(0.0, time.monotonic() - max(self.last_tick, self.waker.last_tick))
+        return max(0.0, self.clock.monotonic() - max(self.last_tick, self.waker.last_tick))
 
 
 def _error_text(error: CniError) -> str:

@@ -37,7 +37,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,13 +48,13 @@ from reconciler.kernel import KernelError, KernelRoutes
 from reconciler.logs import KeyValueFormatter, fields
 from reconciler.loop import (
     BirdPort,
-    Clock,
     KernelPort,
     LoopSettings,
     PassReport,
     Reconciler,
     Scheduler,
     SystemClock,
+    TimerClock,
     Waker,
 )
 from reconciler.metrics import Metrics
@@ -129,7 +128,8 @@ class Runtime:
     make_route_monitor: Callable[[NodeConfig, Callable[[str], None]], Any] | None = make_route_monitor
     make_file_watch: Callable[[dict[str, str], Callable[[str], None]], Any] | None = FileWatch
     install_process_state: Callable[[NodeConfig, Callable[[], None]], Callable[[], None]] = install_process_state
-    clock: Clock = field(default_factory=SystemClock)
+    # Every timer's clock: the reconciler's, the scheduler's and the waker's.
+    clock: TimerClock = field(default_factory=SystemClock)
     sleep: Callable[[float], None] | None = None
     # Set by run(): lets a test stop the daemon and look at its parts.
     waker: Waker | None = None
@@ -165,7 +165,7 @@ def run(argv: Sequence[str], runtime: Runtime | None = None) -> int:
         return EXIT_USAGE
 
     metrics = Metrics()
-    waker = Waker(metrics)
+    waker = Waker(metrics, clock=runtime.clock)
     runtime.waker = waker
     restore = runtime.install_process_state(config, waker.stop)
     try:
@@ -282,7 +282,7 @@ def _sleep(runtime: Runtime, waker: Waker, seconds: float) -> None:
     if runtime.sleep is not None:
         runtime.sleep(seconds)
     else:
-        waker.wait(time.monotonic() + seconds, 0.0, 0.0)
+        waker.wait(waker.clock.monotonic() + seconds, 0.0, 0.0)
 
 
 def _run_daemon(
@@ -296,7 +296,7 @@ def _run_daemon(
     metrics: Metrics,
 ) -> int:
     stoppers: list[Callable[[], None]] = []
-    scheduler = Scheduler(reconciler, waker, settings)
+    scheduler = Scheduler(reconciler, waker, settings, clock=runtime.clock)
     runtime.scheduler = scheduler
     try:
         file_watch = None
@@ -342,8 +342,7 @@ def _run_daemon(
         # Hold the first pass until the readiness source has a view (bounded
         # by its stale hold): passing with none would withdraw everything a
         # previous instance left advertised.
-        keep_ticking = lambda: setattr(scheduler, "last_tick", time.monotonic())  # noqa: E731 - /healthz
-        if not wait_for_first_view(readiness, lambda: waker.stopped, keep_ticking):
+        if not wait_for_first_view(readiness, lambda: waker.stopped, scheduler.tick):  # ticks for /healthz
             if not waker.stopped:
                 log.warning(
                     "readiness source has no view yet; passing with nothing Ready",

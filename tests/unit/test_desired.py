@@ -1,4 +1,4 @@
-"""The pure core: desired routes, diff and drain planning, as tables."""
+"""The pure core: desired routes, diff, drain planning and the BIRD retry state, as tables."""
 
 from __future__ import annotations
 
@@ -11,11 +11,16 @@ from netconf.state import Allocation, PodRef
 from reconciler.desired import (
     SKIP_NO_DEVICE,
     SKIP_NO_POD_IP,
+    BirdState,
     NextHop,
+    after_bird_failure,
+    after_bird_probe,
+    after_bird_success,
     desired_pod_ips,
     desired_routes,
     diff,
     host_prefix,
+    plan_bird_call,
     plan_drain,
 )
 
@@ -275,3 +280,64 @@ def test_prefix_no_longer_stale_loses_its_deadline():
     plan = plan_drain([], exported=frozenset(), draining={P4: 12.0}, now=11.0, drain_delay=2.0)
 
     assert plan.draining == {} and plan.delete == frozenset()
+
+
+# -- the BIRD retry state ----------------------------------------------------------
+
+RETRY = {"retry_initial": 0.5, "retry_maximum": 4.0, "probe_interval": 0.25}
+BOTH = frozenset({ip_network("192.0.2.53/32"), ip_network("2001:db8:a::53/128")})
+ONE = frozenset({ip_network("192.0.2.53/32")})
+
+
+def failed(state, export, now, unreachable=False, staged=False):
+    return after_bird_failure(state, export, "down", unreachable=unreachable, staged=staged, now=now, **RETRY)
+
+
+def test_bird_is_called_for_a_new_set_on_a_resync_and_not_for_the_confirmed_set():
+    confirmed = after_bird_success(BirdState(), BOTH)
+    assert plan_bird_call(BirdState(), frozenset(), full=False, now=0.0)  # never confirmed, even empty
+    assert not plan_bird_call(confirmed, BOTH, full=False, now=0.0)
+    assert plan_bird_call(confirmed, BOTH, full=True, now=0.0)
+    assert plan_bird_call(confirmed, ONE, full=False, now=0.0)
+
+
+def test_a_failed_set_waits_out_its_back_off_a_changed_set_is_tried_at_once():
+    state = failed(after_bird_success(BirdState(), ONE), BOTH, now=10.0)
+    assert (state.error, state.failures, state.retry_at, state.probe_at) == ("down", 1, 10.5, None)
+    assert state.exported == ONE, "a failure does not change what BIRD confirmed"
+    assert not plan_bird_call(state, BOTH, full=True, now=10.499)
+    assert plan_bird_call(state, BOTH, full=False, now=10.5)
+    assert plan_bird_call(state, ONE, full=False, now=10.0)  # failing and a different set
+
+
+def test_failures_in_a_row_double_the_back_off_up_to_the_maximum_and_success_clears_it():
+    state = BirdState()
+    delays = []
+    for now in range(6):
+        state = failed(state, BOTH, now=float(now))
+        delays.append(state.retry_at - now)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert after_bird_success(state, BOTH) == BirdState(exported=BOTH, attempted=BOTH)
+
+
+def test_only_an_unreachable_bird_is_probed_and_a_probe_drops_the_wait():
+    refused = failed(BirdState(), BOTH, now=10.0)
+    assert refused.probe_at is None
+    down = failed(BirdState(), BOTH, now=10.0, unreachable=True)
+    assert down.probe_at == 10.25
+    still_down = after_bird_probe(down, back=False, now=10.25, probe_interval=0.25)
+    assert (still_down.probe_at, still_down.retry_at) == (10.5, 10.5)
+    back = after_bird_probe(still_down, back=True, now=10.5, probe_interval=0.25)
+    assert (back.probe_at, back.retry_at, back.error) == (None, None, "down")
+    assert plan_bird_call(back, BOTH, full=False, now=10.5)
+
+
+def test_staged_prefixes_count_as_advertised_until_bird_confirms():
+    assert BirdState().may_advertise is None
+    confirmed = after_bird_success(BirdState(), ONE)
+    staged = failed(confirmed, BOTH, now=1.0, unreachable=True, staged=True)
+    shrunk = failed(staged, frozenset(), now=2.0, unreachable=True, staged=True)
+    assert shrunk.may_advertise == BOTH, "a BIRD started on the staged include may advertise them"
+    not_staged = failed(confirmed, BOTH, now=1.0)
+    assert not_staged.may_advertise == ONE
+    assert after_bird_success(shrunk, frozenset()).may_advertise == frozenset()

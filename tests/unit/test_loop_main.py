@@ -16,6 +16,7 @@ from netconf.state import Allocation, PodRef, StateStore
 from reconciler.desired import NextHop
 from reconciler.fakes import FakeBird, FakeKernel
 from reconciler.main import Runtime, run
+from tests.unit.simulated_time import SimulatedClock
 
 P4 = ip_network("192.0.2.53/32")
 P6 = ip_network("2001:db8:a::53/128")
@@ -139,6 +140,22 @@ def test_once_waits_out_the_drain_before_deleting(tmp_path):
     assert code == 0
     assert fakes.kernel.routes == {}
     assert [entry[0] for entry in fakes.journal] == ["bird.export", "kernel.delete"]
+
+
+def test_once_waits_out_the_drain_on_the_injected_clock(tmp_path):
+    """Runtime.clock is every timer's clock: the waker's wait too, not only the reconciler's deadlines."""
+    fakes = Fakes()
+    fakes.kernel.routes = {P4: frozenset({HOP4})}
+    clock = SimulatedClock()
+    fakes.runtime.clock = clock
+    started = clock.now
+
+    code = run(["--config", write_config(tmp_path, drainDelay=30.0), "--once"], fakes.runtime)
+
+    assert code == 0
+    assert fakes.kernel.routes == {}
+    assert [entry[0] for entry in fakes.journal] == ["bird.export", "kernel.delete"]
+    assert clock.now - started == pytest.approx(30.0)
 
 
 def test_once_exits_1_when_bird_fails(tmp_path):

@@ -10,7 +10,6 @@ The same defects against a real BIRD and an FRR peer: tests/e2e/test_reconciler_
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from ipaddress import ip_address, ip_network
 
@@ -21,6 +20,7 @@ from netconf.state import Allocation, record_file_name, utc_now
 from reconciler.desired import AddressPolicy, desired_routes, refused_addresses
 from reconciler.fakes import FakeStore
 from reconciler.loop import LoopSettings, Scheduler, Waker
+from tests.unit.simulated_time import SimulatedClock
 from tests.unit.test_loop import HA4, HA6, HB4, HB6, P4, P6, POD_A, POD_B, Lab, allocation, metric, ops
 
 POOLS = (ip_network("2001:db8:a::/64"), ip_network("192.0.2.0/24"))
@@ -275,42 +275,38 @@ def test_a_rejected_config_is_not_probed_it_waits_out_the_back_off():
 
 def test_scheduler_probes_between_passes_and_runs_a_pass_when_bird_is_back():
     lab = Lab(POD_A, retry_initial=30.0, retry_maximum=30.0)
-    lab.reconciler.clock = _RealClock()
+    clock = SimulatedClock()  # the scheduler runs on this thread, in simulated time
+    lab.reconciler.clock = lab.clock = clock
     settings = LoopSettings(resync_interval=3600, retry_initial=30.0, retry_maximum=30.0, bird_probe_interval=0.02)
     lab.reconciler.settings = settings
     lab.bird.kill()
-    waker = Waker()
+    waker = Waker(clock=clock)
     reports = []
-    scheduler = Scheduler(lab.reconciler, waker, settings, on_pass=reports.append)
-    thread = threading.Thread(target=scheduler.run)
-    thread.start()
-    try:
-        assert _poll(lambda: lab.bird.probes >= 3), "the scheduler did not probe BIRD"
-        assert len(reports) == 1, "a failed probe ran a pass"
+    pass_times = []
+
+    def on_pass(report):
+        reports.append(report)
+        pass_times.append(clock.now)
+
+    scheduler = Scheduler(lab.reconciler, waker, settings, on_pass=on_pass)
+    before_restart = {}
+
+    def restart():
+        before_restart.update(probes=lab.bird.probes, reports=len(reports))
         lab.bird.restart()
-        assert _poll(lambda: lab.reconciler.health().bird_ok), "BIRD's return was not re-applied"
-    finally:
-        waker.stop()
-        thread.join(5)
+
+    t0 = clock.now
+    clock.at(t0 + 0.1, restart)
+    clock.at(t0 + 1.0, waker.stop)
+
+    scheduler.run()
+
+    assert before_restart["probes"] >= 3, "the scheduler did not probe BIRD"
+    assert before_restart["reports"] == 1, "a failed probe ran a pass"
+    assert lab.reconciler.health().bird_ok, "BIRD's return was not re-applied"
     assert len(reports) == 2
-    assert not thread.is_alive()
-
-
-class _RealClock:
-    def monotonic(self):
-        return time.monotonic()
-
-    def time(self):
-        return time.time()
-
-
-def _poll(predicate, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
+    # Re-applied within a probe interval of BIRD's return, not after the 30 s back-off.
+    assert pass_times[1] - (t0 + 0.1) <= settings.bird_probe_interval + 1e-9
 
 
 def test_a_prefix_staged_while_bird_was_down_keeps_its_route_until_bird_confirms():
