@@ -35,6 +35,7 @@ from netconf.state import Allocation, PodRef, StateStore, utc_now
 from tests.lab.daemons import wait_until
 from tests.lab.topology import (
     NETWORK_NAME,
+    POOLS,
     ROUTE_PROTOCOL,
     Lab,
     RouteMonitor,
@@ -46,6 +47,8 @@ FLIP4 = "192.0.2.53"
 COLD_PODS = 4
 COLD_V6 = 5000
 COLD_V4 = 5000
+# Where the cold-start addresses come from; the reconciler routes only addresses of its pools.
+COLD_POOLS = ["2001:db8:b::/64", "198.18.0.0/16"]
 DEADLINE = 30.0
 # The product's defaults (netconf.node), not the lab's test-speed values:
 # the figures are what an operator gets.
@@ -217,7 +220,9 @@ def bench_cold_start(resync_interval: float, idle_window: float) -> tuple[list[l
         assert lab.frr is not None and lab.bird is not None
         with RouteMonitor(lab.node) as monitor:
             started = time.monotonic()
-            process = lab.start_reconciler(wait_healthy=False, resyncInterval=resync_interval, **LOOP_SETTINGS)
+            process = lab.start_reconciler(
+                wait_healthy=False, resyncInterval=resync_interval, pools=list(POOLS) + COLD_POOLS, **LOOP_SETTINGS
+            )
             healthy = wait_until(
                 lambda: lab.http_get("/healthz").status == 200 and time.monotonic(), DEADLINE, "healthz"
             )

@@ -1,7 +1,9 @@
 """Addresses on ``lo`` inside a pod's network namespace, through pyroute2.
 
-The only module of the plugin that talks netlink (over ``cni_plugin.rtnl``).
-Netlink errors are translated here, once, into the CNI error tree.
+The only module of the plugin that talks netlink: requests built from
+pyroute2's message classes, sent over ``rtnetlink.transport`` (opened in the
+pod netns by ``cni_plugin.rtnl``). The transport's NetlinkError is
+translated here, once, into the CNI error tree.
 ``PodLoopback`` is the interface the verbs use; tests of pure logic pass an
 in-memory fake, and the real adapter is exercised in throwaway namespaces.
 
@@ -65,9 +67,11 @@ class NetlinkPodLoopback:
 
     The requests are the ones ``pyroute2.IPRoute`` sends for ``link_lookup``,
     ``link('set', state='up')`` and ``addr('replace'|'del'|dump)``.
-    ``open_socket(netns_path, inode)`` defaults to ``cni_plugin.rtnl.RtnlSocket``,
-    which checks what the path names before entering it; tests pass a
-    recorder to check the requests without a kernel.
+    ``open_socket(netns_path, inode)`` defaults to
+    ``cni_plugin.rtnl.open_pod_rtnetlink``, which checks what the path names
+    before entering it and returns an ``rtnetlink.transport.Rtnetlink``;
+    tests pass one over a scripted socket to check the requests without a
+    kernel.
     """
 
     def __init__(self, open_socket=None) -> None:
@@ -94,10 +98,10 @@ class NetlinkPodLoopback:
         return info.st_ino
 
     def ensure_addresses(self, netns: str, addresses: Iterable[IPAddress], inode: int | None = None) -> None:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+        from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE
         from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-        from cni_plugin.rtnl import LinkHeader
+        from rtnetlink.transport import LinkHeader
 
         with _open_netns(netns, inode, self._open_socket) as rtnl:
             index, flags = _loopback_link(rtnl, netns)
@@ -105,7 +109,7 @@ class NetlinkPodLoopback:
                 up = LinkHeader()
                 up["index"] = index
                 up["flags"] = up["change"] = IFF_UP
-                _netlink(lambda: rtnl.request(up, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK), f"bring up lo in {netns}")
+                _netlink(lambda: rtnl.request(up, RTM_NEWLINK, NLM_F_ACK), f"bring up lo in {netns}")
             for address in addresses:
                 # IFA_F_NODAD: an anycast /128 is shared by design, so duplicate
                 # address detection would only keep it tentative.
@@ -113,7 +117,7 @@ class NetlinkPodLoopback:
                 message = _address_message(ifaddrmsg(), index, address, flags)
                 _netlink(
                     lambda message=message: rtnl.request(
-                        message, RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+                        message, RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
                     ),
                     f"add {address}/{host_prefixlen(address)} to lo in {netns}",
                 )
@@ -122,7 +126,7 @@ class NetlinkPodLoopback:
         addresses = list(addresses)
         if not addresses or not netns_exists(netns):
             return
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+        from pyroute2.netlink import NLM_F_ACK
         from pyroute2.netlink.rtnl import RTM_DELADDR
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
@@ -131,7 +135,7 @@ class NetlinkPodLoopback:
             for address in addresses:
                 message = _address_message(ifaddrmsg(), index, address)
                 _netlink(
-                    lambda message=message: rtnl.request(message, RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK),
+                    lambda message=message: rtnl.request(message, RTM_DELADDR, NLM_F_ACK),
                     f"remove {address} from lo in {netns}",
                     tolerate=(errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH),
                 )
@@ -139,7 +143,6 @@ class NetlinkPodLoopback:
     def list_addresses(self, netns: str, inode: int | None = None) -> set[tuple[IPAddress, int]]:
         import ipaddress
 
-        from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
         from pyroute2.netlink.rtnl import RTM_GETADDR
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
@@ -147,7 +150,7 @@ class NetlinkPodLoopback:
             index, _ = _loopback_link(rtnl, netns)
             # The kernel ignores ifa_index in a dump request (no strict
             # checking): dump everything and keep what is on lo.
-            dump = _netlink(lambda: rtnl.request(ifaddrmsg(), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP), f"list addresses in {netns}")
+            dump = _netlink(lambda: rtnl.dump(ifaddrmsg(), RTM_GETADDR), f"list addresses in {netns}")
             return {
                 (ipaddress.ip_address(message.get_attr("IFA_ADDRESS")), message["prefixlen"])
                 for message in dump
@@ -167,7 +170,7 @@ def _open_netns(netns: str, inode: int | None, open_socket=None):
 
     if open_socket is None:
         # Imported on first use: only ADD, DEL, CHECK and GC talk netlink.
-        from cni_plugin.rtnl import RtnlSocket as open_socket
+        from cni_plugin.rtnl import open_pod_rtnetlink as open_socket
 
     if not netns_exists(netns):
         raise PodNetnsUnusable(f"pod network namespace {netns!r} does not exist")
@@ -182,17 +185,16 @@ def _open_netns(netns: str, inode: int | None, open_socket=None):
 
 def _loopback_link(rtnl, netns: str) -> tuple[int, int]:
     """Index and IFF_* flags of ``lo``; raises PodNetnsUnusable if there is none."""
-    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink import NLM_F_ACK
     from pyroute2.netlink.rtnl import RTM_GETLINK
-    from cni_plugin.rtnl import LinkHeader
+    from rtnetlink.transport import LinkHeader, NetlinkError
 
     query = LinkHeader()
     query["attrs"] = [("IFLA_IFNAME", _LOOPBACK)]
 
     def lookup():
         try:
-            return rtnl.request(query, RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK)
+            return rtnl.request(query, RTM_GETLINK, NLM_F_ACK)
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 raise PodNetnsUnusable(f"no loopback interface in {netns!r}") from exc
@@ -219,7 +221,7 @@ def _address_message(message, index: int, address: IPAddress, flags: int | None 
 
 
 def _netlink(operation, what: str, tolerate: tuple[int, ...] = ()):
-    from pyroute2.netlink.exceptions import NetlinkError
+    from rtnetlink.transport import NetlinkError
 
     try:
         return operation()

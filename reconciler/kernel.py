@@ -2,24 +2,24 @@
 
 May: open netlink sockets in the process's own network namespace (the daemon
 is started inside the node netns with ``nsenter --net=...``) or, for tests,
-in a namespace given by path — pyroute2 0.9 creates that socket in a forked
-child (``pyroute2.netns.create_socket``, flags=0 so a missing namespace is
-never created), so the calling thread never calls ``setns``; list, replace
-and delete ``/32`` and ``/128`` routes of our protocol in our table; ask the
-kernel which device reaches a pod IP.
+in a namespace given by path — ``rtnetlink.transport.rtnetlink_socket``
+creates that socket in a forked child (pyroute2's ``create_socket``,
+flags=0 so a missing namespace is never created), so no thread ever calls
+``setns``; list, replace and delete ``/32`` and ``/128`` routes of our
+protocol in our table; ask the kernel which device reaches a pod IP.
 May not: touch routes of any other protocol or table, decide what is
 desired (``desired.py``), log, or retry — it reports and the loop decides.
 
 pyroute2 does all of the netlink encoding and decoding: requests are its
 ``rtmsg``/``ifinfmsg`` objects (next hops through ``rtmsg``'s
-``RTA_MULTIPATH`` definition), and every received buffer is split and
-decoded by its ``MarshalRtnl`` (``nlmsgerr`` for ACKs, with the kernel's
-extended-ACK text). Ours is only the socket loop around them — send one
-request, read until its ACK or NLMSG_DONE — because ``IPRoute`` 0.9 takes
-every call through its asyncio core and request filters, which more than
-doubles the cost of the same messages. pyroute2's generic codec is still
-most of the cost. Measured side by side (``benchmarks/kernel_routes_bench.py``,
-2 busy vCPUs), it adds ~200 µs of CPU to each route write and ~90 µs to
+``RTA_MULTIPATH`` definition), and replies are decoded by the same
+classes. The socket loop around them — send one request, read until its
+ACK or NLMSG_DONE, restart an interrupted dump, the kernel's extended-ACK
+text — is ``rtnetlink.transport``'s, shared with the plugin, because
+``IPRoute`` 0.9 takes every call through its asyncio core and request
+filters, which more than doubles the cost of the same messages.
+pyroute2's generic codec is still most of the cost. Measured side by
+side (``benchmarks/kernel_routes_bench.py``, 2 busy vCPUs), it adds ~200 µs of CPU to each route write and ~90 µs to
 each listed route: writes cost 4x (IPv6) to 10x (IPv4, where the kernel's
 own work is smallest) what they did with ``struct``-packed messages, a
 listing ~6x; at 10,000 prefixes a cold start takes ~6.5 s instead of
@@ -29,8 +29,9 @@ Hence the kernel filters dumps by protocol and table
 per dump, and dump messages are converted as they arrive. The netns tests
 check every write against ``IPRoute`` as an independent reader.
 
-Every netlink error is translated once, here, into :class:`KernelError`
-subclasses by errno (ENODEV, ESRCH, EEXIST, ENETUNREACH...).
+Every netlink error (the transport's ``NetlinkError``, or OSError from the
+socket) is translated once, here, into :class:`KernelError` subclasses by
+errno (ENODEV, ESRCH, EEXIST, ENETUNREACH...).
 """
 
 from __future__ import annotations
@@ -38,29 +39,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TypeVar
 
-from pyroute2 import netns as pyroute2_netns
-from pyroute2.netlink import (
-    NETLINK_EXT_ACK,
-    NETLINK_GET_STRICT_CHK,
-    NETLINK_ROUTE,
-    NLM_F_ACK,
-    NLM_F_CREATE,
-    NLM_F_DUMP,
-    NLM_F_DUMP_INTR,
-    NLM_F_MULTI,
-    NLM_F_REPLACE,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    SOL_NETLINK,
-    nla_slot,
-    nlmsg,
-)
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, nlmsg
 from pyroute2.netlink.rtnl import (  # noqa: F401 - RTMGRP_* stay importable with open_netlink_socket
     RTM_DELROUTE,
     RTM_GETADDR,
@@ -76,10 +59,17 @@ from pyroute2.netlink.rtnl import (  # noqa: F401 - RTMGRP_* stay importable wit
 )
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from reconciler.desired import IPAddress, IPNetwork, NextHop
+from rtnetlink.transport import (
+    DumpInterrupted,
+    NetlinkError,
+    Rtnetlink,
+    attribute_slots,
+    received_bytes,
+    rtnetlink_socket,
+)
 
 RTN_UNICAST = rt_type["unicast"]
 RT_SCOPE_UNIVERSE = rt_scope["universe"]
@@ -284,7 +274,18 @@ class KernelRoutes:
 
     def _client(self) -> _Rtnl:
         if self._rtnl is None:
-            self._rtnl = _Rtnl(open_netlink_socket(self.netns))
+            self._rtnl = _Rtnl(
+                Rtnetlink(
+                    open_netlink_socket(self.netns),
+                    _REPLY_CLASSES,
+                    receive_size=_RECV_BUFFER,
+                    # Strict checking lets the kernel filter dumps by
+                    # protocol and table (Linux >= 4.20); without it the
+                    # filter in dump_routes applies.
+                    strict_checking=True,
+                    extended_acks=True,
+                )
+            )
         return self._rtnl
 
     def _guard(self, context: str) -> _Guard:
@@ -327,49 +328,29 @@ class _Guard:
 def open_netlink_socket(netns: str | None, groups: int = 0) -> socket.socket:
     """A raw NETLINK_ROUTE socket in ``netns`` (path; None = our own), bound to ``groups``.
 
-    For a path, pyroute2 creates it in a forked child (no ``setns`` here).
-    Raises NamespaceMissing or KernelError.
+    For a path, the transport creates it in a forked child (no ``setns``
+    here). Raises NamespaceMissing or KernelError.
     """
+    if netns is not None and not os.path.exists(netns):
+        raise NamespaceMissing(f"network namespace {netns} does not exist")
     try:
-        if netns is None:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-        else:
-            if not os.path.exists(netns):
-                raise NamespaceMissing(f"network namespace {netns} does not exist")
-            sock = pyroute2_netns.create_socket(
-                netns=netns,
-                family=socket.AF_NETLINK,
-                socket_type=socket.SOCK_RAW,
-                proto=NETLINK_ROUTE,
-                flags=0,
-            )
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
-        sock.bind((0, groups))
-        return sock
-    except KernelError:
-        raise
+        return rtnetlink_socket(netns, groups, receive_buffer=_RECV_BUFFER)
     except OSError as exc:
         raise translate_error(exc, "cannot open a netlink socket") from exc
 
 
-class _Rtnl:
-    """A minimal rtnetlink client: pyroute2 messages over one socket, requests with ACKs, filtered dumps."""
+# The replies the adapter reads; anything else decodes as a bare nlmsg.
+_REPLY_CLASSES = {RTM_NEWLINK: ifinfmsg, RTM_NEWADDR: ifaddrmsg, RTM_NEWROUTE: rtmsg}
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._seq = 0
-        self._lock = threading.Lock()
-        self._marshal = MarshalRtnl()
-        for option in (NETLINK_GET_STRICT_CHK, NETLINK_EXT_ACK):
-            try:
-                # Strict checking lets the kernel filter dumps by protocol and
-                # table (Linux >= 4.20); without it the userspace filter applies.
-                sock.setsockopt(SOL_NETLINK, option, 1)
-            except OSError:
-                pass
+
+class _Rtnl:
+    """The route requests and filtered dumps, over the shared transport (thread-safe: one exchange at a time)."""
+
+    def __init__(self, transport: Rtnetlink) -> None:
+        self._transport = transport
 
     def close(self) -> None:
-        self._sock.close()
+        self._transport.close()
 
     last_error_message: str | None = None
 
@@ -396,20 +377,19 @@ class _Rtnl:
         message["family"] = socket.AF_INET if address.version == 4 else socket.AF_INET6
         message["dst_len"] = address.max_prefixlen
         message["attrs"] = [("RTA_DST", _text(address))]
-        with self._lock:
-            seq = self._send(message, RTM_GETROUTE, 0)
-            for reply in self._receive(seq):
-                kind = reply["header"]["type"]
-                if kind == NLMSG_ERROR:
-                    code = -reply["error"]
-                    if code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.ENODEV):
-                        return None
-                    raise translate_error(code, f"cannot look up the route to {address}")
-                if kind == RTM_NEWROUTE:
-                    attrs = _attributes(reply, ("RTA_GATEWAY", "RTA_MULTIPATH", "RTA_OIF"))
-                    # Via a gateway, or several paths: never on-link.
-                    via_gateway = "RTA_GATEWAY" in attrs or "RTA_MULTIPATH" in attrs
-                    return reply["type"], via_gateway, attrs.get("RTA_OIF") or 0
+        try:
+            # No NLM_F_ACK: the answer is the one route.
+            replies = self._transport.request(message, RTM_GETROUTE, 0)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.ENODEV):
+                return None
+            raise translate_error(exc.code, f"cannot look up the route to {address}") from exc
+        for reply in replies:
+            if reply["header"]["type"] == RTM_NEWROUTE:
+                attrs = _attributes(reply, ("RTA_GATEWAY", "RTA_MULTIPATH", "RTA_OIF"))
+                # Via a gateway, or several paths: never on-link.
+                via_gateway = "RTA_GATEWAY" in attrs or "RTA_MULTIPATH" in attrs
+                return reply["type"], via_gateway, attrs.get("RTA_OIF") or 0
         return None
 
     # -- dumps ------------------------------------------------------------------
@@ -465,13 +445,13 @@ class _Rtnl:
                 or message["type"] != RTN_UNICAST
             ):
                 return None
-            slots = _slots(message, _ROUTE_ATTRIBUTES)
+            slots = attribute_slots(message, _ROUTE_ATTRIBUTES)
             route_table = message["table"]
             if route_table == RT_TABLE_COMPAT and "RTA_TABLE" in slots:
                 route_table = slots["RTA_TABLE"].value  # the id did not fit rtm_table
             if route_table != table or "RTA_DST" not in slots:
                 return None
-            key = b"".join(_received(slots[name]) for name in _NEXT_HOP_ATTRIBUTES if name in slots)
+            key = b"".join(received_bytes(slots[name]) for name in _NEXT_HOP_ATTRIBUTES if name in slots)
             hops = next_hops.get(key)
             if hops is None:
                 hops = next_hops[key] = _next_hops(slots)
@@ -484,70 +464,30 @@ class _Rtnl:
                 return []
             raise
 
-    # -- transport ----------------------------------------------------------------
+    # -- exchanges -----------------------------------------------------------------
 
     def _request(self, message: nlmsg, msg_type: int, flags: int) -> int:
-        with self._lock:
-            seq = self._send(message, msg_type, NLM_F_ACK | flags)
-            for reply in self._receive(seq):
-                if reply["header"]["type"] == NLMSG_ERROR:
-                    code = -reply["error"]
-                    # The kernel's text for a failed request (NETLINK_EXT_ACK), e.g. "Nexthop has invalid gateway".
-                    self.last_error_message = (reply.get_attr("NLMSGERR_ATTR_MSG") or None) if code else None
-                    return code
-        raise KernelError("netlink request got no acknowledgement", errno.EPROTO)
+        """Send with NLM_F_ACK; 0 or the kernel's errno (its text in ``last_error_message``)."""
+        try:
+            self._transport.request(message, msg_type, NLM_F_ACK | flags)
+        except NetlinkError as exc:
+            # The kernel's text for a failed request (NETLINK_EXT_ACK), e.g. "Nexthop has invalid gateway".
+            self.last_error_message = exc.detail
+            return exc.code
+        self.last_error_message = None
+        return 0
 
     def _dump(self, message: nlmsg, msg_type: int, convert: Callable[[nlmsg], _T | None]) -> list[_T]:
-        """``convert`` applied to each message of a dump, Nones left out.
+        """``convert`` applied to each message of a dump, as they arrive, Nones left out.
 
-        Converted as they arrive, so that pyroute2's message objects never
-        pile up: each sits in a reference cycle that only the cyclic garbage
-        collector frees, and holding a whole dump of them made a listing
-        ~20% dearer.
+        The transport restarts a dump the kernel flags interrupted.
         """
-        for _attempt in range(5):
-            with self._lock:
-                seq = self._send(message, msg_type, NLM_F_DUMP)
-                results: list[_T] = []
-                interrupted = False
-                for reply in self._receive(seq):
-                    if reply["header"]["flags"] & NLM_F_DUMP_INTR:
-                        interrupted = True
-                    if reply["header"]["type"] == NLMSG_ERROR:
-                        code = -reply["error"]
-                        if code:
-                            raise KernelError(f"netlink dump failed: {os.strerror(code)}", code)
-                        break
-                    if not interrupted:
-                        result = convert(reply)
-                        if result is not None:
-                            results.append(result)
-            if not interrupted:
-                return results
-        raise KernelError("netlink dump kept being interrupted by concurrent changes", errno.EINTR)
-
-    def _send(self, message: nlmsg, msg_type: int, flags: int) -> int:
-        """Encode ``message`` (pyroute2) as a request with the next sequence number and send it."""
-        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
-        message.reset()
-        message["header"] = {"type": msg_type, "flags": NLM_F_REQUEST | flags, "sequence_number": self._seq}
-        message.encode()
-        self._sock.send(message.data)
-        return self._seq
-
-    def _receive(self, seq: int) -> Iterator[nlmsg]:
-        """Decoded messages answering ``seq`` until NLMSG_DONE, NLMSG_ERROR (included) or a single reply."""
-        while True:
-            data = self._sock.recv(_RECV_BUFFER)
-            for reply in self._marshal.parse(data):
-                header = reply["header"]
-                if header["sequence_number"] != seq:
-                    continue  # a stale answer to an earlier, abandoned request
-                if header["type"] == NLMSG_DONE:
-                    return
-                yield reply
-                if header["type"] == NLMSG_ERROR or not header["flags"] & NLM_F_MULTI:
-                    return
+        try:
+            return self._transport.dump(message, msg_type, convert)
+        except DumpInterrupted as exc:
+            raise KernelError("netlink dump kept being interrupted by concurrent changes", errno.EINTR) from exc
+        except NetlinkError as exc:
+            raise KernelError(f"netlink dump failed: {os.strerror(exc.code)}", exc.code) from exc
 
 
 def _route_message(prefix: IPNetwork, table: int, protocol: int, scope: int, route_type: int) -> rtmsg:
@@ -576,31 +516,12 @@ _NEXT_HOP_ATTRIBUTES = ("RTA_GATEWAY", "RTA_OIF", "RTA_MULTIPATH")
 _ROUTE_ATTRIBUTES = frozenset({"RTA_DST", "RTA_TABLE", *_NEXT_HOP_ATTRIBUTES})
 
 
-def _slots(message: nlmsg, names: Iterable[str]) -> dict[str, nla_slot]:
-    """The received attributes of ``message`` named in ``names``, first occurrence wins.
-
-    pyroute2 decodes an attribute's value only when ``.value`` is read, so
-    attributes we do not need (cache info, preference, metrics...) never are.
-    """
-    slots: dict[str, nla_slot] = {}
-    for slot in message["attrs"]:
-        if slot.name in names and slot.name not in slots:
-            slots[slot.name] = slot
-    return slots
-
-
-def _attributes(message: nlmsg, names: Iterable[str]) -> dict:
+def _attributes(message: nlmsg, names: tuple[str, ...]) -> dict:
     """``{name: decoded value}`` of the attributes of ``message`` named in ``names``."""
-    return {name: slot.value for name, slot in _slots(message, names).items()}
+    return {name: slot.value for name, slot in attribute_slots(message, names).items()}
 
 
-def _received(slot: nla_slot) -> bytes:
-    """An attribute exactly as received, header included and not decoded: a memo key."""
-    attribute = slot.cell[1]
-    return attribute.data[attribute.offset : attribute.offset + attribute.length]
-
-
-def _next_hops(slots: dict[str, nla_slot]) -> tuple[tuple[str | None, int], ...]:
+def _next_hops(slots: dict) -> tuple[tuple[str | None, int], ...]:
     multipath = slots.get("RTA_MULTIPATH")
     if multipath is not None:
         return tuple((path.get_attr("RTA_GATEWAY"), path["oif"]) for path in multipath.value)

@@ -54,10 +54,11 @@ PYROUTE2_NEVER = (
     "asyncio",
     "unittest",
 )
-# The rtnetlink pieces the loopback adapter does use.
+# The rtnetlink pieces the loopback adapter does use: the shared transport
+# splits and decodes replies itself, without pyroute2's Marshal.
 PYROUTE2_USED = (
-    "pyroute2.netlink.marshal",
     "pyroute2.netlink.rtnl.ifaddrmsg",
+    "rtnetlink.transport",
     "cni_plugin.rtnl",
 )
 # What pydantic itself, or the parts of pydantic-core the records avoid, would import.
@@ -142,7 +143,7 @@ def test_version_imports_no_pydantic_netlink_state_or_logging():
     assert completed.returncode == 0
     assert json.loads(completed.stdout)["cniVersion"] == "1.0.0"
     for heavy in ("pydantic", "pydantic_core", "pyroute2", "netconf.config", "netconf.state", "netconf.results",
-                  "cni_plugin.loopback", "cni_plugin.rtnl", "cni_plugin.verbs", "logging", "dataclasses"):
+                  "cni_plugin.loopback", "cni_plugin.rtnl", "rtnetlink", "cni_plugin.verbs", "logging", "dataclasses"):
         assert not loaded(modules, heavy), f"VERSION imported {loaded(modules, heavy)}"
 
 
@@ -174,6 +175,7 @@ def test_del_of_an_unknown_attachment_loads_no_netlink(lab):
     assert completed.returncode == 0 and completed.stdout == b""
     assert not loaded(modules, "pyroute2")
     assert not loaded(modules, "cni_plugin.rtnl")
+    assert not loaded(modules, "rtnetlink")
 
 
 def test_add_without_anycast_passes_through_without_netlink_or_state(lab):

@@ -1,10 +1,12 @@
 """The light netlink path sends what pyroute2's IPRoute sent; the deferred pyroute2 import stays transparent.
 
 The loopback adapter builds its requests from pyroute2's message classes
-instead of calling IPRoute (issue 4). The expected bytes below are what
+instead of calling IPRoute, and sends them over ``rtnetlink.transport``.
+The expected bytes below are what
 ``IPRoute.link_lookup``/``link('set', state='up')``/``addr(...)`` put on
 the wire for the same operations (captured with strace from the plugin as
-it was), minus the sequence number and port id in the header.
+it was), minus the sequence number and port id in the header; here they
+are read from a scripted socket under the real transport.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import pytest
 
 from cni_plugin.loopback import NetlinkPodLoopback
+from tests.unit.test_netlink_transport import ScriptedKernel, ack, done, encoded
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 V6 = ipaddress.ip_address("2001:db8:a::53")
@@ -33,35 +36,36 @@ GETADDR_DUMP = (0x16, 0x301, "0000000000000000")
 
 
 class RecordingSocket:
-    """Stands in for cni_plugin.rtnl.RtnlSocket: records encoded requests, answers from a script."""
+    """Opens the plugin's real transport over a scripted kernel socket; records the requests as sent."""
 
-    def __init__(self, lo_flags: int, addresses=()):
-        self.sent: list[tuple[int, int, str]] = []
+    def __init__(self, lo_flags: int, addresses=(), refuse=None):
         self.lo_flags = lo_flags
         self.addresses = addresses
+        self.refuse = refuse or {}
+        self.kernel = ScriptedKernel(self.answer)
 
-    def __call__(self, netns_path: str, inode=None) -> RecordingSocket:
-        return self
+    @property
+    def sent(self) -> list[tuple[int, int, str]]:
+        return [(request.type, request.flags, request.body.hex()) for request in self.kernel.requests]
 
-    def __enter__(self) -> RecordingSocket:
-        return self
+    def __call__(self, netns_path: str, inode=None):
+        from cni_plugin.rtnl import pod_rtnetlink
 
-    def __exit__(self, *exc_info) -> None:
-        pass
+        return pod_rtnetlink(self.kernel)
 
-    def request(self, message, message_type: int, flags: int) -> list:
-        message["header"]["type"] = message_type
-        message["header"]["flags"] = flags
-        message["header"]["sequence_number"] = 0
-        message.encode()
-        length, kind, wire_flags = struct.unpack_from("IHH", message.data)
-        assert length == len(message.data)
-        self.sent.append((kind, wire_flags, message.data[16:].hex()))
-        if message_type == 0x12:
-            return [{"index": 1, "flags": self.lo_flags}]
-        if message_type == 0x16:
-            return list(self.addresses)
-        return []
+    def answer(self, request) -> list[bytes]:
+        from rtnetlink.transport import LinkHeader
+
+        if request.type in self.refuse:
+            return [ack(request, self.refuse[request.type])]
+        if request.type == 0x12:  # RTM_GETLINK lo: the link, then the ACK
+            link = LinkHeader()
+            link["index"], link["flags"] = 1, self.lo_flags
+            link["attrs"] = [("IFLA_IFNAME", "lo")]
+            return [encoded(link, 0x10, 0, request.sequence), ack(request)]
+        if request.type == 0x16:  # RTM_GETADDR dump
+            return [b"".join(encoded(message, 0x14, 0x2, request.sequence) for message in self.addresses) + done(request.sequence)]
+        return [ack(request)]
 
 
 def test_add_sends_iproutes_requests(tmp_path):
@@ -98,20 +102,10 @@ def test_check_dumps_addresses_and_keeps_those_on_lo(tmp_path):
 
 
 def test_netlink_errors_are_translated_once(tmp_path):
-    from pyroute2.netlink.exceptions import NetlinkError
-
     from netconf.errors import NetlinkFailure, PodNetnsUnusable
 
-    class Refusing(RecordingSocket):
-        def __init__(self, code_for):
-            super().__init__(lo_flags=0x1)
-            self.code_for = code_for
-
-        def request(self, message, message_type, flags):
-            super().request(message, message_type, flags)
-            if message_type in self.code_for:
-                raise NetlinkError(self.code_for[message_type])
-            return [{"index": 1, "flags": 1}] if message_type == 0x12 else []
+    def Refusing(code_for):
+        return RecordingSocket(lo_flags=0x1, refuse=code_for)
 
     with pytest.raises(PodNetnsUnusable, match="no loopback interface"):
         NetlinkPodLoopback(open_socket=Refusing({0x12: 19})).ensure_addresses(str(tmp_path), [V4])  # ENODEV
