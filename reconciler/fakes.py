@@ -107,6 +107,9 @@ class FakeKernel:
                 raise DeviceMissing(f"device {hop.device} does not exist")
         self.routes[prefix] = frozenset(next_hops)
 
+    def close(self) -> None:
+        pass
+
     def delete_route(self, prefix: IPNetwork) -> bool:
         self.journal.append(("kernel.delete", prefix))
         return self.routes.pop(prefix, None) is not None
@@ -173,6 +176,9 @@ class FakeBird:
 
     def peer_addresses(self) -> frozenset[IPAddress]:
         return self.peers
+
+    def ensure_bootstrap_files(self) -> list[str]:
+        return []
 
     def status(self) -> dict:
         return {"reachable": not self.down, "exported": sorted(str(p) for p in self.exported)}

@@ -322,6 +322,9 @@ class KubernetesReadiness:
 
     name = SOURCE
 
+    # The view means nothing before the first pod list (see ReadinessSource).
+    needs_first_sync = True
+
     def __init__(
         self,
         settings: KubernetesSettings,

@@ -129,6 +129,8 @@ class KernelPort(Protocol):
 
     def delete_route(self, prefix: IPNetwork) -> bool: ...
 
+    def close(self) -> None: ...
+
 
 class ExportResult(Protocol):
     ok: bool
@@ -154,6 +156,10 @@ class BirdPort(Protocol):
         ...
 
     def status(self) -> dict: ...
+
+    def ensure_bootstrap_files(self) -> list[str]:
+        """Create the files BIRD needs to start (never overwriting); the paths written."""
+        ...
 
 
 class Clock(Protocol):

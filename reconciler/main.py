@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from netconf.node import NodeConfig, NodeConfigError, load_node_config
+from netconf.node import NodeConfig, NodeConfigError, ReadinessSettings, load_node_config
 from netconf.state import StateStore
 from reconciler.endpoints import HttpEndpoints, ListenError, parse_listen
 from reconciler.kernel import KernelError, KernelRoutes
@@ -58,7 +58,7 @@ from reconciler.loop import (
     Waker,
 )
 from reconciler.metrics import Metrics
-from reconciler.readiness import ReadinessSource, make_readiness_source, wait_for_first_view
+from reconciler.readiness import AlwaysReady, FileReadiness, ReadinessSource, wait_for_first_view
 from reconciler.watch import ANY_FILE, FileWatch, RouteMonitor, WatchError
 
 log = logging.getLogger("reconciler.main")
@@ -79,6 +79,25 @@ def make_bird(config: NodeConfig) -> BirdPort:
     except ImportError as exc:
         raise StartupError(f"the BIRD adapter (reconciler.bird) cannot be imported: {exc}") from exc
     return BirdExporter(config.bird, config.bgp)
+
+
+def make_readiness_source(settings: ReadinessSettings, node_name: str | None = None) -> ReadinessSource:
+    """The source named by the node config.
+
+    Raises ValueError when it cannot be built: ``kubernetes`` without a node
+    name or without a usable kubeconfig (``KubernetesConfigError``).
+    """
+    if settings.source == "always":
+        return AlwaysReady()
+    if settings.source == "file":
+        assert settings.file is not None  # the config model requires it
+        return FileReadiness(settings.file)
+    if not node_name:
+        raise ValueError("readiness.source 'kubernetes' needs nodeName (the pods of that node are watched)")
+    # Imported here: lightkube is loaded only by daemons that use it.
+    from reconciler.kubernetes_source import KubernetesReadiness
+
+    return KubernetesReadiness(settings.kubernetes, node_name)
 
 
 def make_kernel(config: NodeConfig) -> KernelPort:
@@ -186,9 +205,7 @@ def _run_configured(config: NodeConfig, once: bool, runtime: Runtime, waker: Wak
     except (StartupError, KernelError) as exc:
         log.error("cannot start", extra=fields(error=str(exc)))
         return EXIT_FAILURE
-    register_metrics = getattr(readiness, "register_metrics", None)
-    if callable(register_metrics):
-        register_metrics(metrics.registry)
+    readiness.register_metrics(metrics.registry)
     _bootstrap_bird_files(bird)
     store = StateStore(config.state_dir)
     reconciler = Reconciler(
@@ -220,19 +237,14 @@ def _run_configured(config: NodeConfig, once: bool, runtime: Runtime, waker: Wak
             return _run_once_with_readiness(reconciler, readiness, runtime, waker, settings)
         return _run_daemon(config, store, reconciler, readiness, runtime, waker, settings, metrics)
     finally:
-        close = getattr(kernel, "close", None)
-        if callable(close):
-            close()
+        kernel.close()
 
 
 def _bootstrap_bird_files(bird: BirdPort) -> None:
     # BIRD refuses to start while its include file is missing; creating an
     # empty one (never overwriting) lets BIRD start before or after us.
-    bootstrap = getattr(bird, "ensure_bootstrap_files", None)
-    if not callable(bootstrap):
-        return
     try:
-        written = bootstrap()
+        written = bird.ensure_bootstrap_files()
     except OSError as exc:
         log.warning("cannot create BIRD's initial files", extra=fields(error=str(exc)))
         return
@@ -245,7 +257,7 @@ def _run_once_with_readiness(
 ) -> int:
     # A source with a first sync (kubernetes) must have its view before the
     # pass: without it nothing is Ready and the pass would withdraw everything.
-    if not callable(getattr(readiness, "wait_synced", None)):
+    if not readiness.needs_first_sync:
         return _run_once(reconciler, runtime, waker, settings)
     readiness.start(waker.wake)
     try:

@@ -37,11 +37,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from netconf.node import ReadinessSettings
 from netconf.state import Allocation
 from reconciler.watch import FileWatch, Wake, WatchError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,20 @@ class ReadinessView(Protocol):
 
 
 class ReadinessSource(Protocol):
-    """A readiness source; ``start`` may spawn a watcher that calls ``wake(reason)``."""
+    """A readiness source; ``start`` may spawn a watcher that calls ``wake(reason)``.
+
+    ``needs_first_sync``: the view means nothing until a first list from
+    elsewhere arrived (kubernetes); the daemon then holds its first pass
+    (``wait_synced``) for at most ``sync_timeout`` seconds, since a pass on
+    an empty view would withdraw everything. Sources without one answer
+    ``wait_synced`` at once.
+    """
 
     name: str
+    needs_first_sync: bool
+
+    @property
+    def sync_timeout(self) -> float: ...
 
     def start(self, wake: Wake) -> None: ...
 
@@ -66,6 +79,12 @@ class ReadinessSource(Protocol):
         ...
 
     def status(self) -> ReadinessStatus: ...
+
+    def wait_synced(self, timeout: float | None = None) -> bool: ...
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Add the source's own metrics to the daemon's registry (none for most)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +123,20 @@ def readiness_keys(allocation: Allocation) -> list[str]:
     return keys
 
 
-class AlwaysReady:
+class _ViewFromStart:
+    """For sources whose view is valid from the start: no first sync, no metrics of their own."""
+
+    needs_first_sync = False
+    sync_timeout = 0.0
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        return True
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        pass
+
+
+class AlwaysReady(_ViewFromStart):
     """``readiness.source: always``."""
 
     name = "always"
@@ -154,7 +186,7 @@ def parse_readiness_document(text: str) -> dict[str, bool]:
     return ready
 
 
-class FileReadiness:
+class FileReadiness(_ViewFromStart):
     """``readiness.source: file``: a mapping file, re-read on change and on every pass."""
 
     name = "file"
@@ -225,25 +257,6 @@ class FileReadiness:
         self._error = message
 
 
-def make_readiness_source(settings: ReadinessSettings, node_name: str | None = None) -> ReadinessSource:
-    """The source named by the node config.
-
-    Raises ValueError when it cannot be built: ``kubernetes`` without a node
-    name or without a usable kubeconfig (``KubernetesConfigError``).
-    """
-    if settings.source == "always":
-        return AlwaysReady()
-    if settings.source == "file":
-        assert settings.file is not None  # the config model requires it
-        return FileReadiness(settings.file)
-    if not node_name:
-        raise ValueError("readiness.source 'kubernetes' needs nodeName (the pods of that node are watched)")
-    # Imported here: lightkube is loaded only by daemons that use it.
-    from reconciler.kubernetes_source import KubernetesReadiness
-
-    return KubernetesReadiness(settings.kubernetes, node_name)
-
-
 def wait_for_first_view(
     source: ReadinessSource,
     stopped: Callable[[], bool],
@@ -256,13 +269,12 @@ def wait_for_first_view(
     ``stopped()`` turns true. ``on_wait`` is called about every 0.1 s (the
     daemon keeps its liveness tick fresh with it).
     """
-    wait_synced = getattr(source, "wait_synced", None)
-    if not callable(wait_synced):
+    if not source.needs_first_sync:
         return True
-    deadline = time.monotonic() + float(getattr(source, "sync_timeout", 0.0))
+    deadline = time.monotonic() + source.sync_timeout
     while not stopped():
         remaining = deadline - time.monotonic()
-        if wait_synced(max(0.0, min(0.1, remaining))):
+        if source.wait_synced(max(0.0, min(0.1, remaining))):
             return True
         if on_wait is not None:
             on_wait()

@@ -40,7 +40,7 @@ from reconciler.kubernetes_source import (
     retry_delay,
 )
 from reconciler.main import Runtime, run
-from reconciler.readiness import make_readiness_source
+from reconciler.main import make_readiness_source
 from tests.lab.fake_apiserver import FakeApiServer
 
 NODE = "node-a"

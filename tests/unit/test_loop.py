@@ -50,6 +50,14 @@ class SwitchReadiness:
     """Readiness by container ID, flipped by the test."""
 
     name = "test"
+    needs_first_sync = False
+    sync_timeout = 0.0
+
+    def wait_synced(self, timeout=None):
+        return True
+
+    def register_metrics(self, registry):
+        pass
 
     def __init__(self, *ready: str) -> None:
         self.ready = set(ready)

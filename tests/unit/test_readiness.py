@@ -15,10 +15,10 @@ from reconciler.readiness import (
     AlwaysReady,
     FileReadiness,
     ReadinessFileError,
-    make_readiness_source,
     parse_readiness_document,
     readiness_keys,
 )
+from reconciler.main import make_readiness_source
 from reconciler.watch import ANY_FILE, FileWatch
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
