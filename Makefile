@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test,build]'
 	touch $@
 
-# Regenerate netconf/compiled_schemas.py after changing netconf/declarations.py.
+# Regenerate netconf/compiled_schemas.py after changing a record class (netconf/config.py,
+# results.py, state.py) or the pydantic pins.
 schemas: venv
 	$(PY) -m netconf.compile_schemas
 
@@ -36,7 +37,7 @@ test: deps venv build
 	FLOCK_REQUIRE_FROZEN=1 $(VENV)/bin/pytest tests $(PYTEST_ARGS)
 
 demo: deps venv
-	$(PY) -m tests.lab.demo
+	$(PY) -m lab.demo
 
 bench: deps venv build
 	.ci/install-deps valgrind

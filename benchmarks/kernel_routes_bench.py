@@ -52,7 +52,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from reconciler.desired import IPAddress, IPNetwork, NextHop
 from reconciler.kernel import KernelRoutes
-from tests.lab.netns import Netns, create_netns, delete_netns, wire_pod
+from lab.netns import Netns, create_netns, delete_netns, wire_pod
 
 PROTOCOL = 70
 TABLE = 254

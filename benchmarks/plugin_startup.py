@@ -18,7 +18,7 @@ run in, a pod netns they configure, a state directory pre-filled with
 
 Every case runs ``--runs`` times (default 30), round-robin, so a burst of
 load on the shared machine hits all of them alike. Each exec goes through
-``tests.lab.cni.exec_plugin`` and must succeed. Columns: median and p90
+``lab.cni.exec_plugin`` and must succeed. Columns: median and p90
 wall milliseconds from spawn to exit, the same as a multiple of the Go
 ``loopback`` median (DEL rows against loopback DEL, all others against
 loopback ADD), and the minimum CPU milliseconds (user+sys of the child,
@@ -79,9 +79,9 @@ if REPO not in sys.path:  # run as a script: benchmarks/plugin_startup.py
 from pyroute2 import netns as pyroute2_netns  # noqa: E402
 
 from netconf.state import Allocation, PodRef, StateStore, utc_now  # noqa: E402
-from tests.lab.cni import Invocation, PluginRun, exec_plugin, reference_plugin  # noqa: E402
-from tests.lab.netns import Netns, create_netns, delete_netns  # noqa: E402
-from tests.lab.plugin import FROZEN_BINARY, SOURCE_BINARY  # noqa: E402
+from lab.cni import Invocation, PluginRun, exec_plugin, reference_plugin  # noqa: E402
+from lab.netns import Netns, create_netns, delete_netns  # noqa: E402
+from lab.plugin import FROZEN_BINARY, SOURCE_BINARY  # noqa: E402
 
 NETWORK = "benchnet"
 POOLS = ["2001:db8:a::/48", "198.18.0.0/15"]

@@ -1,6 +1,6 @@
 """flock-reconciler benchmark on the real lab (not a pass/fail test).
 
-Measures, with real BIRD 2 on the node and FRR as the peer (tests/lab):
+Measures, with real BIRD 2 on the node and FRR as the peer (lab/):
 
 1. readiness flip → kernel route, and → prefix at the peer, p50/p99/max
    over N flips each way (Ready and NotReady), IPv6 and IPv4. The flip
@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from netconf.state import Allocation, PodRef, StateStore, utc_now
-from tests.lab.daemons import wait_until
-from tests.lab.topology import (
+from lab.daemons import wait_until
+from lab.topology import (
     NETWORK_NAME,
     POOLS,
     ROUTE_PROTOCOL,

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from netconf.config import DEFAULT_STATE_DIR
+from netconf.records import describe_validation_error
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -240,11 +241,7 @@ def parse_node_config(data: Any) -> NodeConfig:
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(part) for part in error['loc']) or '<top>'}: {error['msg']}"
-            for error in exc.errors()
-        ]
-        raise NodeConfigError("invalid node config: " + "; ".join(problems)) from exc
+        raise NodeConfigError("invalid node config: " + describe_validation_error(exc)) from exc
 
 
 def load_node_config(path: str) -> NodeConfig:

@@ -1,15 +1,27 @@
-"""Immutable records validated by pydantic-core from schemas compiled out of pydantic models.
+"""Immutable records validated by pydantic-core from schemas compiled at build time.
 
 The documents flock exchanges (network config, CNI results, allocations)
-are declared once, as pydantic models, in ``netconf.declarations``.
-``netconf.compile_schemas`` turns each declaration into pydantic's own core
-schema and writes it to ``netconf.compiled_schemas``, with the declaration
-classes swapped for the pydantic-free record classes of this module's
-subclasses. At run time the records are validated and serialised by
-pydantic-core's ``SchemaValidator`` and ``SchemaSerializer`` built from
-those schemas: the same validation, the same error messages, the same
-values as the models — without importing pydantic, whose import and first
-schema build cost a plugin exec ~60% of its instructions (docs/frozen-binary.md).
+are declared once, as subclasses of ``Record`` in ``netconf.config``,
+``netconf.results`` and ``netconf.state``: each field is a class
+annotation in pydantic's vocabulary (``Annotated``, ``Field``, validators;
+imported under ``TYPE_CHECKING``), its default the class attribute, the
+model config the class keywords::
+
+    class PodRef(Record, frozen=True):
+        namespace: str | None = None
+
+Under ``from __future__ import annotations`` none of that is evaluated at
+run time. ``netconf.compile_schemas`` (build time) evaluates the
+annotations, builds a pydantic model per record and writes each model's
+core schema, with the record class in place of the model, to
+``netconf.compiled_schemas``. At run time the records are validated and
+serialised by pydantic-core's ``SchemaValidator`` and ``SchemaSerializer``
+built from those schemas: the same validation, the same error messages,
+the same values as the models — without importing pydantic, whose import
+and first schema build cost a plugin exec ~60% of its instructions
+(docs/frozen-binary.md). For records declared with ``encoder=True`` the
+compiler also writes a plain JSON encoder (``encode_json``), which keeps
+pydantic-core's serializer off the plugin's path.
 
 ``pydantic_core._pydantic_core`` (the compiled extension) is imported
 lazily, on the first validation. The plugin's ``main()`` registers the
@@ -23,6 +35,8 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~8 ms of a plugin exec; annotations only
+    from collections.abc import Sequence
+    from datetime import datetime
     from typing import Any, Self
 
 _validators: dict[type, Any] = {}
@@ -61,19 +75,77 @@ def validation_error_class() -> type[Exception]:
     return _core().ValidationError
 
 
+def describe_validation_error(exc: Any, root: str = "") -> str:
+    """``location: message`` for each error of a (pydantic or pydantic-core) ValidationError, joined by ``; ``.
+
+    The one place validation errors become text: ``details`` of the CNI
+    errors, the reconciler's node config errors. ``root`` names the
+    document's place in a larger one (``prevResult``).
+    """
+    return "; ".join(f"{error_location(error['loc'], root)}: {error['msg']}" for error in exc.errors())
+
+
+def error_location(loc: Sequence[str | int], root: str = "") -> str:
+    """A ValidationError location as a dotted path (``flock.pools.0``); ``<top>`` for the document itself."""
+    return ".".join([root, *map(str, loc)] if root else map(str, loc)) or "<top>"
+
+
+def encode_json(record_class: type, fields: dict[str, Any]) -> dict[str, Any]:
+    """The JSON form, by alias, of a ``record_class`` record with these field values.
+
+    What ``dump(mode="json", by_alias=True)`` gives, built by code the
+    compiler generated from the declaration (``encoder=True``) instead of
+    by pydantic-core's serializer, whose first use in a process imports
+    decimal, pathlib, uuid, inspect and ``core_schema`` for types no record
+    has. ``fields`` maps field names to values (a record's ``__dict__``);
+    a missing one raises KeyError.
+    """
+    from netconf.compiled_schemas import ENCODERS
+
+    return ENCODERS[record_class.__name__](fields)
+
+
+def format_datetime(moment: datetime) -> str:
+    """A datetime as pydantic writes it in JSON: ISO 8601, ``Z`` for UTC.
+
+    An offset with seconds, which pydantic-core cannot read back, is written
+    as the same instant in UTC.
+    """
+    offset = moment.utcoffset()
+    if offset is not None and offset.seconds % 60:
+        from datetime import UTC
+
+        moment = moment.astimezone(UTC)
+    text = moment.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 class Record:
     """A validated, read-only document; fields as attributes, as on a pydantic model.
 
     The slots are the ones pydantic-core's model validator fills:
     ``__dict__`` (fields), ``__pydantic_fields_set__`` (what the input
     gave, for ``exclude_unset``), ``__pydantic_extra__`` (unknown keys of
-    open documents) and ``__pydantic_private__``. The fields of each record
-    are those of its declaration in ``netconf.declarations``.
+    open documents) and ``__pydantic_private__``.
+
+    A subclass declares its fields as annotations (see the module
+    docstring); its class keywords are pydantic model config
+    (``extra="forbid"``, ``populate_by_name=True``, ``frozen=True``),
+    inherited by its subclasses, plus ``encoder=True`` to have the compiler
+    generate its JSON encoder. Subclasses whose names start with ``_`` are
+    bases, not documents: the compiler makes no schema of them.
 
     Raises pydantic-core's ValidationError on invalid input.
     """
 
     __slots__ = ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
+    __record_config__: dict[str, Any] = {}
+    __record_encoder__ = False
+
+    def __init_subclass__(cls, *, encoder: bool = False, **config: Any) -> None:
+        super().__init_subclass__()
+        cls.__record_config__ = {**cls.__record_config__, **config}
+        cls.__record_encoder__ = encoder
 
     def __init__(self, **data: Any) -> None:
         validator_for(type(self)).validate_python(data, self_instance=self)

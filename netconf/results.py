@@ -6,7 +6,7 @@ order of ``ips`` (runtimes take the pod IP from there). So the records keep
 extra keys, the addresses stay the strings the main plugin wrote, and the
 only edits are the documented differences between versions.
 
-The fields are declared in ``netconf.declarations``.
+Each record's fields are declared here, once (see ``netconf.records``).
 
 Pure: no I/O.
 """
@@ -16,12 +16,14 @@ from __future__ import annotations
 import ipaddress
 
 from netconf.errors import InvalidConfig
-from netconf.records import Record, validation_error_class
+from netconf.records import Record, describe_validation_error, validation_error_class
 from netconf.versions import at_least
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Annotated, Any
+
+    from pydantic import AfterValidator, Field
 
 # Fields that only exist from spec 1.1.0 on (SPEC.md 1.1.0 "Success").
 _INTERFACE_FIELDS_1_1 = ("mtu", "socketPath", "pciID")
@@ -43,21 +45,39 @@ def check_interface_address(value: str) -> str:
     return value
 
 
-class Interface(Record):
-    pass
+class _Open(Record, extra="allow", populate_by_name=True):
+    """Results keep every key they do not know: a chained plugin hands them on."""
 
 
-class IPConfig(Record):
+class Interface(_Open):
+    name: str
+    mac: str | None = None
+    sandbox: str | None = None
+
+
+class IPConfig(_Open):
+    address: Annotated[str, AfterValidator(check_interface_address)]
+    gateway: str | None = None
+    interface: int | None = None
+    version: str | None = None
+
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_interface(self.address).ip
 
 
-class Route(Record):
-    pass
+class Route(_Open):
+    dst: str
+    gw: str | None = None
 
 
-class Result(Record):
+class Result(_Open):
+    cni_version: Annotated[str | None, Field(alias="cniVersion")] = None
+    interfaces: list[Interface] | None = None
+    ips: list[IPConfig] | None = None
+    routes: list[Route] | None = None
+    dns: dict[str, Any] | None = None
+
     def pod_addresses(self, ifname: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """Unicast IPs of the pod's ``ifname`` inside the sandbox, in result order.
 
@@ -83,11 +103,7 @@ def parse_result(document: dict[str, Any]) -> Result:
     try:
         return Result.validate(document)
     except validation_error_class() as exc:
-        problems = "; ".join(
-            "prevResult." + ".".join(str(part) for part in error["loc"]) + ": " + error["msg"]
-            for error in exc.errors()
-        )
-        raise InvalidConfig("invalid prevResult", problems) from exc
+        raise InvalidConfig("invalid prevResult", describe_validation_error(exc, root="prevResult")) from exc
 
 
 def render_result(document: dict[str, Any], cni_version: str) -> dict[str, Any]:

@@ -30,9 +30,9 @@ flock 0.1 kept every allocation in one document, ``state.json`` (schema
 version 1). While that file exists it is the whole truth for readers; the
 first writer turns it into records and renames it ``state.json.v1``.
 
-The records are validated by pydantic-core (``netconf.records``); fields are
-declared in ``netconf.declarations``. This module does file I/O only: no
-netlink, no subprocess.
+The records are declared here, once, and validated by pydantic-core
+(``netconf.records``). This module does file I/O only: no netlink, no
+subprocess.
 """
 
 from __future__ import annotations
@@ -52,12 +52,14 @@ from stat import S_IMODE, S_ISLNK, S_ISREG, S_ISVTX
 
 from netconf.errors import CniError, IOFailure, LockTimeout, StateCorrupt
 from netconf.files import FileTooLarge, NotRegularFile, read_regular_file, replace_file
-from netconf.records import Record, validation_error_class
+from netconf.records import Record, encode_json, validation_error_class
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import Any
+    from typing import Annotated, Any, Literal
+
+    from pydantic import Field, PlainSerializer, PlainValidator
 
 SCHEMA_VERSION = 2
 LOCK_FILE = "state.lock"
@@ -118,62 +120,78 @@ def format_ip_address(address: IPAddress) -> str:
     return str(address)
 
 
-class PodRef(Record):
+if TYPE_CHECKING:
+    # An address field: IPv4Address | IPv6Address in Python, its text in JSON.
+    StoredIPAddress = Annotated[
+        IPAddress,
+        PlainValidator(parse_ip_address),
+        PlainSerializer(format_ip_address, return_type=str, when_used="json"),
+    ]
+
+
+class PodRef(Record, frozen=True):
     """Who the attachment belongs to, when the runtime told us (K8S_* args)."""
 
+    namespace: str | None = None
+    name: str | None = None
+    uid: str | None = None
 
-class Allocation(Record):
-    """Anycast addresses on ``lo`` of one attachment; fields in netconf.declarations."""
+
+class Allocation(Record, frozen=True, populate_by_name=True):
+    """Anycast addresses put on ``lo`` of one attachment.
+
+    ``pending`` means "these addresses may be on ``lo``, do not advertise":
+    written before addresses are added (covering the old and the new set of
+    a re-ADD) and before DEL removes them; ``committed`` once ``lo`` holds
+    exactly ``anycast``. A plugin killed at any point leaves a record that
+    DEL and GC know to clean up, and that the reconciler never advertises.
+    """
+
+    network: str
+    container_id: Annotated[str, Field(alias="containerID")]
+    ifname: str
+    netns: str
+    # The namespace's inode at ADD: DEL and GC act on the recorded path only
+    # while it still names the same namespace (paths are reused, inodes
+    # within one boot are not). None in records written before it existed.
+    netns_inode: Annotated[int | None, Field(alias="netnsInode")] = None
+    pod: Annotated[PodRef, Field(default_factory=PodRef)]
+    anycast: tuple[StoredIPAddress, ...]
+    pod_ips: Annotated[tuple[StoredIPAddress, ...], Field(alias="podIPs")]
+    state: Literal["pending", "committed"]
+    created_at: Annotated[datetime, Field(alias="createdAt")]
+    updated_at: Annotated[datetime, Field(alias="updatedAt")]
 
     @property
     def key(self) -> AllocationKey:
         return (self.network, self.container_id, self.ifname)
 
 
-class AllocationFile(Record):
-    """The content of one record file: ``version`` and ``allocation``."""
+class AllocationFile(Record, frozen=True, encoder=True):
+    """One file of the state directory: the schema version and one allocation."""
+
+    version: Literal[SCHEMA_VERSION]  # type: ignore[valid-type]
+    allocation: Allocation
 
 
 class LegacyStateDocument(Record):
-    """flock 0.1's ``state.json``: ``version`` 1 and every allocation."""
+    """``state.json`` of flock 0.1 (schema version 1): every allocation in one document.
+
+    Read once, to move its allocations into one file each (see the module docstring).
+    """
+
+    version: Literal[1]
+    allocations: list[Allocation]
 
 
 def encode_record(allocation: Allocation) -> bytes:
-    """The bytes of one record file: ``{"version": 2, "allocation": {...}}`` by alias.
+    """The bytes of one record file: the JSON form of an ``AllocationFile``, by alias.
 
-    Built field by field instead of by pydantic-core's serializer, whose
-    first use in a process imports decimal, pathlib, uuid, inspect and
-    pydantic-core's ``core_schema`` (~45 ms of a plugin exec) for types no
-    record has. The unit tests check it gives what the serializer gives.
+    What pydantic-core's serializer writes, built by the encoder the
+    compiler generated from the declarations (``netconf.records.encode_json``).
     """
-    pod = allocation.pod
-    document = {
-        "version": SCHEMA_VERSION,
-        "allocation": {
-            "network": allocation.network,
-            "containerID": allocation.container_id,
-            "ifname": allocation.ifname,
-            "netns": allocation.netns,
-            "netnsInode": allocation.netns_inode,
-            "pod": {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid},
-            "anycast": [format_ip_address(address) for address in allocation.anycast],
-            "podIPs": [format_ip_address(address) for address in allocation.pod_ips],
-            "state": allocation.state,
-            "createdAt": _format_time(allocation.created_at),
-            "updatedAt": _format_time(allocation.updated_at),
-        },
-    }
+    document = encode_json(AllocationFile, {"version": SCHEMA_VERSION, "allocation": allocation})
     return json.dumps(document, indent=1).encode() + b"\n"
-
-
-def _format_time(moment: datetime) -> str:
-    # pydantic's JSON form: ISO 8601, "Z" for UTC. An offset with seconds,
-    # which pydantic-core cannot read back, is written as the same instant in UTC.
-    offset = moment.utcoffset()
-    if offset is not None and offset.seconds % 60:
-        moment = moment.astimezone(UTC)
-    text = moment.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class StateDocument:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.lab.plugin import plugin_builds
+from lab.plugin import plugin_builds
 
 
 def pytest_collection_modifyitems(config, items):
@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def make_netns():
     """Factory for namespaces that are deleted after the test, also when it fails."""
-    from tests.lab.netns import create_netns, delete_netns
+    from lab.netns import create_netns, delete_netns
 
     created = []
 

@@ -2,7 +2,7 @@
 
 A runtime talks to a plugin through environment variables, the config on
 stdin, stdout and the exit code (SPEC §2 "Overview"). The harness needs
-more control than ``tests.lab.cni.exec_plugin`` offers: variables that are
+more control than ``lab.cni.exec_plugin`` offers: variables that are
 *unset* rather than empty, and a stdin that cannot be read.  The answer
 readers raise :class:`Deviation` with the evidence when the plugin's reply
 does not have the required form.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.conformance.spec import Deviation
-from tests.lab.netns import Netns
+from lab.netns import Netns
 
 DEFAULT_TIMEOUT = 30.0
 

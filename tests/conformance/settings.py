@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conformance.spec import SPEC_VERSIONS, parse_versions
-from tests.lab.cni import REFERENCE_PLUGIN_DIR
+from lab.cni import REFERENCE_PLUGIN_DIR
 
 TMPDIR_PLACEHOLDER = "{tmpdir}"
 DEFAULT_NETWORK_NAME = "cni-conformance"

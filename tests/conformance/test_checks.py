@@ -30,7 +30,7 @@ from tests.conformance.spec import (
     Deviation,
     at_least,
 )
-from tests.lab.netns import Netns, delete_netns
+from lab.netns import Netns, delete_netns
 
 UNSUPPORTED_VERSION = "9.9.9"
 

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from tests.conformance.spec import SPEC_VERSIONS
-from tests.lab.netns import TEST_PREFIX, list_lab_namespaces
-from tests.lab.plugin import FROZEN_BINARY
+from lab.netns import TEST_PREFIX, list_lab_namespaces
+from lab.plugin import FROZEN_BINARY
 
 pytestmark = [
     pytest.mark.root,

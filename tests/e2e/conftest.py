@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.lab.topology import Lab, flock_anycast_binary, flock_reconciler_binary
+from lab.topology import Lab, flock_anycast_binary, flock_reconciler_binary
 
 _REQUIRED_TOOLS = ("bird", "birdc", "nsenter", "ping", "/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "/usr/lib/cni/ptp")
 

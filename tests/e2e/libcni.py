@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tests.lab.cni import PluginRun
-from tests.lab.netns import Netns
+from lab.cni import PluginRun
+from lab.netns import Netns
 
 CLIENT_SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libcni_client")
 CLIENT_SOURCES = ("go.mod", "main.go")

@@ -1,11 +1,11 @@
 """Readiness from the Kubernetes API, end to end: stand-in API server → flock-reconciler → BIRD → FRR.
 
-The lab (tests/lab/topology.py) as in test_reconciler_lab.py: router netns
+The lab (lab/topology.py) as in test_reconciler_lab.py: router netns
 with FRR, node netns with BIRD and flock-reconciler, pods attached through
 the real chain (ptp + host-local, then flock-anycast) with CNI_ARGS
 ``K8S_POD_NAMESPACE``/``K8S_POD_NAME``/``K8S_POD_UID``. Readiness now comes
 from ``readiness.source: kubernetes``: the stand-in API server
-(tests/lab/fake_apiserver.py) is served by this test process on a socket
+(lab/fake_apiserver.py) is served by this test process on a socket
 that lives inside the node netns, and the reconciler reaches it there with a
 kubeconfig (token auth) through lightkube. The pods the test puts into the
 API carry the same namespace/name/UID as the CNI ADD.
@@ -24,9 +24,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.lab.daemons import wait_until
-from tests.lab.fake_apiserver import FakeApiServer, listen_socket_in_netns
-from tests.lab.topology import ROUTE_PROTOCOL, Lab, Pod, PrefixWatcher, RouteMonitor, host_prefix
+from lab.daemons import wait_until
+from lab.fake_apiserver import FakeApiServer, listen_socket_in_netns
+from lab.topology import ROUTE_PROTOCOL, Lab, Pod, PrefixWatcher, RouteMonitor, host_prefix
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

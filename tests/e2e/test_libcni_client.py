@@ -22,8 +22,8 @@ import pytest
 
 from netconf.state import StateStore
 from tests.e2e.libcni import ClientBuildError, ClientRun, build_client, run_client
-from tests.lab.netns import Netns
-from tests.lab.plugin import REPO, make_bin_dir
+from lab.netns import Netns
+from lab.plugin import REPO, make_bin_dir
 
 NETWORK = "flocknet"
 POOLS = ["2001:db8:a::/64", "192.0.2.0/24"]

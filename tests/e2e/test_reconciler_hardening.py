@@ -30,8 +30,8 @@ from tests.e2e.test_reconciler_lab import (
     wait_routed,
     wait_unrouted,
 )
-from tests.lab.daemons import wait_until
-from tests.lab.topology import NETWORK_NAME, ROUTER_UPLINK4, ROUTER_UPLINK6, Lab, Pod, PrefixWatcher, host_prefix
+from lab.daemons import wait_until
+from lab.topology import NETWORK_NAME, ROUTER_UPLINK4, ROUTER_UPLINK6, Lab, Pod, PrefixWatcher, host_prefix
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

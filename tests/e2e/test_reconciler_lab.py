@@ -1,6 +1,6 @@
 """flock-reconciler end to end: real kernel, real BIRD 2, FRR as the BGP peer.
 
-Topology (tests/lab/topology.py): router netns (FRR zebra+bgpd, AS 65000)
+Topology (lab/topology.py): router netns (FRR zebra+bgpd, AS 65000)
 ── veth ── node netns (BIRD 2 in include mode, flock-reconciler) ── ptp veths
 ── pod netns, each attached through the real chain (Debian ptp + host-local,
 then flock-anycast) from inside the node netns. Readiness comes from the
@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from tests.lab.daemons import wait_until
-from tests.lab.topology import (
+from lab.daemons import wait_until
+from lab.topology import (
     ROUTE_PROTOCOL,
     Lab,
     Pod,

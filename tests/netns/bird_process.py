@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from tests.lab.netns import Netns, create_netns, delete_netns
+from lab.netns import Netns, create_netns, delete_netns
 
 BIRD = shutil.which("bird") or "/usr/sbin/bird"
 

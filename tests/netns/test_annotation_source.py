@@ -1,6 +1,6 @@
 """Anycast from the pod annotation, through the real chain, against the stand-in API server.
 
-The API server (tests/lab/fake_apiserver.py) listens inside the lab's host
+The API server (lab/fake_apiserver.py) listens inside the lab's host
 namespace, where the plugin runs, so the plugin's GET crosses a real socket.
 """
 
@@ -13,8 +13,8 @@ import time
 import pytest
 
 from netconf.state import StateStore
-from tests.lab.chain import Chain, containerd_args
-from tests.lab.fake_apiserver import FakeApiServer, listen_socket_in_netns
+from lab.chain import Chain, containerd_args
+from lab.fake_apiserver import FakeApiServer, listen_socket_in_netns
 
 ANNOTATION = "flock.fritzlab.net/anycast"
 TOKEN = "s3cret-token"

@@ -19,7 +19,7 @@ from ipaddress import ip_network
 import pytest
 
 from netconf.state import StateStore
-from tests.lab.topology import http_get
+from lab.topology import http_get
 from tests.netns.test_kernel_routes import (
     P4,
     P6,

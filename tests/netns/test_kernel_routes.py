@@ -34,7 +34,7 @@ from reconciler.kernel import (
 from reconciler.loop import LoopSettings, Reconciler, Scheduler, Waker
 from reconciler.readiness import AlwaysReady
 from reconciler.watch import RouteMonitor
-from tests.lab.netns import wire_pod
+from lab.netns import wire_pod
 
 PROTO = 70
 P4 = ip_network("192.0.2.53/32")

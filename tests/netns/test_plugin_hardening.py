@@ -28,8 +28,8 @@ import time
 import pytest
 
 from netconf.state import Allocation, PodRef, StateStore, utc_now
-from tests.lab.cni import Invocation, exec_plugin
-from tests.lab.plugin import plugin_builds
+from lab.cni import Invocation, exec_plugin
+from lab.plugin import plugin_builds
 
 A4, A6, B4, B6 = "192.0.2.53", "2001:db8:a::53", "192.0.2.54", "2001:db8:a::54"
 ANYCAST = {A4, A6, B4, B6}

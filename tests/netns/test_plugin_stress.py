@@ -16,7 +16,7 @@ import time
 import pytest
 
 from netconf.state import StateStore
-from tests.lab.cni import Invocation
+from lab.cni import Invocation
 
 ANYCAST = "192.0.2.53,2001:db8:a::53"
 

@@ -13,7 +13,7 @@ import os
 import pytest
 
 from netconf.state import StateStore
-from tests.lab.chain import Chain, containerd_args
+from lab.chain import Chain, containerd_args
 
 ANYCAST = ["2001:db8:a::53", "192.0.2.53"]
 VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
@@ -93,7 +93,7 @@ def test_add_check_del_through_the_chain(lab, make_netns, version):
 
 @pytest.mark.parametrize("version", ["0.3.1", "1.0.0"])
 def test_del_after_netns_is_gone_drops_the_allocation(lab, make_netns, version):
-    from tests.lab.netns import delete_netns
+    from lab.netns import delete_netns
 
     chain = lab(version)
     pod = make_netns("pod")

@@ -23,7 +23,7 @@ from cni_plugin.dispatch import PodAnnotationsOnFirstUse, run
 from cni_plugin.kubernetes import MAX_POD_BYTES, ApiPodAnnotations, load_kubeconfig
 from netconf.config import parse_network_config
 from netconf.errors import InvalidConfig, KubernetesRefused, KubernetesUnreachable
-from tests.lab.fake_apiserver import FakeApiServer
+from lab.fake_apiserver import FakeApiServer
 
 ANNOTATION = "flock.fritzlab.net/anycast"
 PREV = {

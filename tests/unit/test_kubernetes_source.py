@@ -1,6 +1,6 @@
 """The ``kubernetes`` readiness source, through lightkube, against the stand-in API server.
 
-The stand-in (tests/lab/fake_apiserver.py) listens on 127.0.0.1 of the test
+The stand-in (lab/fake_apiserver.py) listens on 127.0.0.1 of the test
 process; no namespace or root is needed. Every wake-up the source makes is
 recorded together with the view it just published (``Recorder``): the
 source publishes and wakes from one thread, in that order, so the recording
@@ -41,7 +41,7 @@ from reconciler.kubernetes_source import (
 )
 from reconciler.main import Runtime, run
 from reconciler.main import make_readiness_source
-from tests.lab.fake_apiserver import FakeApiServer
+from lab.fake_apiserver import FakeApiServer
 
 NODE = "node-a"
 OTHER_NODE = "node-b"

@@ -1,9 +1,11 @@
-"""Records validated from compiled schemas behave exactly like the pydantic declarations.
+"""Records validated from compiled schemas behave exactly like pydantic models of their declarations.
 
-The plugin validates with pydantic-core alone (netconf.records); the
-declarations in netconf.declarations stay the source of truth. These tests
-hold the two together: the compiled file is current, and for the same input
-both accept or refuse alike, with the same values and the same errors.
+The plugin validates with pydantic-core alone (netconf.records); the record
+classes' annotations are the source of truth, from which
+netconf.compile_schemas builds pydantic models and compiles their schemas.
+These tests hold the two together: the compiled file is current, and for
+the same input record and model accept or refuse alike, with the same
+values and the same errors.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import typing
 import pytest
 from pydantic import AfterValidator, BaseModel, ValidationError
 
-from netconf import compile_schemas, declarations
-from netconf.config import NetworkConfig
+from netconf import compile_schemas
+from netconf.config import FlockBlock, NetworkConfig
+from netconf.records import Record, describe_validation_error, error_location
 from netconf.results import Result
 from netconf.state import Allocation, AllocationFile, PodRef, utc_now
+
+MODELS = compile_schemas.models()
 
 CONFIG = {
     "cniVersion": "1.0.0",
@@ -69,25 +74,25 @@ def mutated(document, path, value):
 _DELETE = object()
 
 CASES = [
-    (NetworkConfig, declarations.NetworkConfig, CONFIG),
-    (NetworkConfig, declarations.NetworkConfig, mutated(CONFIG, ("flock", "pools"), ["10.0.0.1/24"])),
-    (NetworkConfig, declarations.NetworkConfig, mutated(CONFIG, ("flock", "pools"), [7])),
-    (NetworkConfig, declarations.NetworkConfig, mutated(CONFIG, ("flock", "stateDir"), "relative")),
-    (NetworkConfig, declarations.NetworkConfig, mutated(CONFIG, ("flock", "lockTimeout"), 0)),
-    (NetworkConfig, declarations.NetworkConfig, mutated(CONFIG, ("flock", "logLevel"), "loud")),
-    (NetworkConfig, declarations.NetworkConfig, mutated(CONFIG, ("flock", "typo"), 1)),
-    (NetworkConfig, declarations.NetworkConfig, mutated(CONFIG, ("name",), "")),
-    (NetworkConfig, declarations.NetworkConfig, mutated(CONFIG, ("runtimeConfig", "anycast"), "not-a-list")),
-    (NetworkConfig, declarations.NetworkConfig, mutated(CONFIG, ("cniVersion",), _DELETE)),
-    (Result, declarations.Result, RESULT),
-    (Result, declarations.Result, mutated(RESULT, ("ips", 0, "address"), "10.0.0.2")),
-    (Result, declarations.Result, mutated(RESULT, ("ips", 0, "interface"), "zero")),
-    (Result, declarations.Result, mutated(RESULT, ("interfaces", 0, "name"), _DELETE)),
-    (AllocationFile, declarations.AllocationFile, ALLOCATION_FILE),
-    (AllocationFile, declarations.AllocationFile, mutated(ALLOCATION_FILE, ("version",), 1)),
-    (AllocationFile, declarations.AllocationFile, mutated(ALLOCATION_FILE, ("allocation", "anycast", 0), "192.0.2.300")),
-    (AllocationFile, declarations.AllocationFile, mutated(ALLOCATION_FILE, ("allocation", "state"), "half")),
-    (AllocationFile, declarations.AllocationFile, mutated(ALLOCATION_FILE, ("allocation", "createdAt"), "yesterday")),
+    (NetworkConfig, CONFIG),
+    (NetworkConfig, mutated(CONFIG, ("flock", "pools"), ["10.0.0.1/24"])),
+    (NetworkConfig, mutated(CONFIG, ("flock", "pools"), [7])),
+    (NetworkConfig, mutated(CONFIG, ("flock", "stateDir"), "relative")),
+    (NetworkConfig, mutated(CONFIG, ("flock", "lockTimeout"), 0)),
+    (NetworkConfig, mutated(CONFIG, ("flock", "logLevel"), "loud")),
+    (NetworkConfig, mutated(CONFIG, ("flock", "typo"), 1)),
+    (NetworkConfig, mutated(CONFIG, ("name",), "")),
+    (NetworkConfig, mutated(CONFIG, ("runtimeConfig", "anycast"), "not-a-list")),
+    (NetworkConfig, mutated(CONFIG, ("cniVersion",), _DELETE)),
+    (Result, RESULT),
+    (Result, mutated(RESULT, ("ips", 0, "address"), "10.0.0.2")),
+    (Result, mutated(RESULT, ("ips", 0, "interface"), "zero")),
+    (Result, mutated(RESULT, ("interfaces", 0, "name"), _DELETE)),
+    (AllocationFile, ALLOCATION_FILE),
+    (AllocationFile, mutated(ALLOCATION_FILE, ("version",), 1)),
+    (AllocationFile, mutated(ALLOCATION_FILE, ("allocation", "anycast", 0), "192.0.2.300")),
+    (AllocationFile, mutated(ALLOCATION_FILE, ("allocation", "state"), "half")),
+    (AllocationFile, mutated(ALLOCATION_FILE, ("allocation", "createdAt"), "yesterday")),
 ]
 
 
@@ -97,8 +102,9 @@ def test_compiled_schemas_are_current():
     assert on_disk == compile_schemas.compile_all(), "netconf/compiled_schemas.py is stale: run `make schemas`"
 
 
-@pytest.mark.parametrize("record_class, declaration, document", CASES)
-def test_record_validates_like_its_declaration(record_class, declaration, document):
+@pytest.mark.parametrize("record_class, document", CASES)
+def test_record_validates_like_its_declaration(record_class, document):
+    declaration = MODELS[record_class]
     try:
         expected = declaration.model_validate(document)
     except ValidationError as exc:
@@ -170,4 +176,59 @@ class _WithLambda(BaseModel):
 
 def test_compiler_refuses_what_the_records_could_not_import():
     with pytest.raises(SystemExit, match="cannot import without pydantic"):
-        compile_schemas._rewrite(_WithLambda.__pydantic_core_schema__, ("_WithLambda",), {}, set())
+        compile_schemas._rewrite(_WithLambda.__pydantic_core_schema__, ("_WithLambda",), {}, set(), {})
+
+
+def test_every_record_has_a_schema_and_typed_fields():
+    """The record classes are the declarations: each has its compiled schema, in declaration order."""
+    from netconf.compiled_schemas import SCHEMAS
+
+    records = compile_schemas.record_classes()
+    assert [record.__name__ for record in records] == list(SCHEMAS)
+    assert "_Open" not in SCHEMAS  # a base, not a document
+    assert list(MODELS[Allocation].model_fields) == list(Allocation.__annotations__)
+    assert FlockBlock.__record_config__ == {"extra": "forbid", "populate_by_name": True, "frozen": True}
+    assert Result.__record_config__ == {"extra": "allow", "populate_by_name": True}  # inherited from results._Open
+
+
+def test_compiler_derives_models_from_annotations_defaults_and_class_keywords():
+    model = MODELS[FlockBlock]
+    assert model.model_config["extra"] == "forbid"
+    assert model.model_fields["state_dir"].alias == "stateDir"
+    assert model.model_fields["state_dir"].default == FlockBlock.state_dir == "/var/lib/flock"
+    assert model.model_fields["pools"].is_required()
+    assert MODELS[Allocation].model_fields["pod"].default_factory is MODELS[PodRef]
+
+
+def test_compiler_refuses_a_field_hidden_by_a_property():
+    class Hidden(Record):
+        key: str
+
+        @property
+        def key(self):  # noqa: F811 - the mistake under test
+            return "x"
+
+    with pytest.raises(SystemExit, match="is a field and also a property"):
+        compile_schemas._ModelBuilder().model(Hidden)
+
+
+def test_encoder_refuses_a_type_it_cannot_write():
+    class Odd(Record, encoder=True):
+        ratio: float
+
+    builder = compile_schemas._ModelBuilder()
+    model = builder.model(Odd)
+    encoders = compile_schemas._Encoders({Odd: model}, set())
+    with pytest.raises(SystemExit, match="Odd.ratio: no JSON encoder for <class 'float'>"):
+        encoders.function(Odd)
+
+
+def test_one_formatter_for_validation_errors():
+    with pytest.raises(ValidationError) as raised:
+        NetworkConfig.validate(mutated(CONFIG, ("flock", "pools"), [7]))
+    assert describe_validation_error(raised.value) == "flock.pools.0: Value error, a pool is a CIDR string, not int"
+    with pytest.raises(ValidationError) as raised:
+        Result.validate([])
+    assert describe_validation_error(raised.value, root="prevResult").startswith("prevResult: Input should be")
+    assert describe_validation_error(raised.value).startswith("<top>: Input should be")
+    assert error_location(("ips", 0, "address"), root="prevResult") == "prevResult.ips.0.address"

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from tests.lab.fake_apiserver import FakeApiServer
+from lab.fake_apiserver import FakeApiServer
 from tests.unit.test_startup_imports import imported_modules, loaded
 
 API_CLIENT = ("cni_plugin.kubernetes", "http.client", "ssl", "yaml")

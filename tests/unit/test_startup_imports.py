@@ -66,7 +66,7 @@ PYDANTIC_NEVER = (
     "pydantic",
     "pydantic_core.core_schema",
     "typing_extensions",
-    "netconf.declarations",
+    "netconf.compile_schemas",
     "decimal",
     "uuid",
     "dataclasses",

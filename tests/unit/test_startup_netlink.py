@@ -171,7 +171,7 @@ def test_deferred_pyroute2_init_is_transparent():
 
 def test_frozen_build_runs_no_pyinstaller_runtime_hooks():
     """The spec drops PyInstaller's run-time hooks (~25 ms per exec); the built archive must agree."""
-    from tests.lab.plugin import FROZEN_BINARY
+    from lab.plugin import FROZEN_BINARY
 
     if not os.path.exists(FROZEN_BINARY):
         pytest.skip("frozen binary not built (make build)")

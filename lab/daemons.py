@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tests.lab.netns import Netns
+from lab.netns import Netns
 
 T = TypeVar("T")
 

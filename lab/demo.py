@@ -1,6 +1,6 @@
 """``make demo``: watch an anycast pair follow pod readiness into BGP.
 
-Builds the lab of ``tests.lab.topology`` — a router netns running FRR
+Builds the lab of ``lab.topology`` — a router netns running FRR
 (zebra + bgpd), a node netns running BIRD 2 and flock-reconciler, two pod
 netns attached through the real CNI chain (Debian ptp + host-local, then
 flock-anycast) with the same anycast pair — and prints, step by step, the
@@ -9,7 +9,7 @@ flips. Ends with a ping from the router answered by a pod. Everything runs
 in throwaway namespaces and is torn down at the end, on failure and on
 Ctrl-C.
 
-Run as root: ``.venv/bin/python -m tests.lab.demo``.
+Run as root: ``.venv/bin/python -m lab.demo``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tests.lab.daemons import WaitTimeout, wait_until
-from tests.lab.topology import Lab, Pod, host_prefix
+from lab.daemons import WaitTimeout, wait_until
+from lab.topology import Lab, Pod, host_prefix
 
 ANYCAST6 = "2001:db8:a::53"
 ANYCAST4 = "192.0.2.53"

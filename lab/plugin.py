@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_BINARY = os.path.join(os.path.dirname(sys.executable), "flock-anycast")
 FROZEN_BINARY = os.environ.get("FLOCK_FROZEN_BINARY", os.path.join(REPO, "build", "dist", "flock-anycast"))
 REFERENCE_PLUGIN_DIR = "/usr/lib/cni"

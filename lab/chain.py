@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.lab.cni import Invocation, PluginRun, exec_plugin, ptp_config, reference_plugin
-from tests.lab.netns import Netns
+from lab.cni import Invocation, PluginRun, exec_plugin, ptp_config, reference_plugin
+from lab.netns import Netns
 
 NETWORK = "flocknet"
 POOLS = ["2001:db8:a::/64", "192.0.2.0/24"]

@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.lab.netns import Netns
+from lab.netns import Netns
 
 REFERENCE_PLUGIN_DIR = "/usr/lib/cni"
 

@@ -44,8 +44,8 @@ import yaml
 from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from tests.lab.cni import Invocation, PluginRun, exec_plugin, ptp_config, reference_plugin
-from tests.lab.daemons import (
+from lab.cni import Invocation, PluginRun, exec_plugin, ptp_config, reference_plugin
+from lab.daemons import (
     EMPTY_INCLUDE,
     Bird,
     DaemonError,
@@ -59,7 +59,7 @@ from tests.lab.daemons import (
     start_in_netns,
     wait_until,
 )
-from tests.lab.netns import Netns, create_netns, delete_netns
+from lab.netns import Netns, create_netns, delete_netns
 
 ROUTER_AS = 65000
 NODE_AS = 65001
@@ -932,7 +932,7 @@ class Lab:
         router kernel route → ping from the router answered by the pod.
         Raises WaitTimeout/AssertionError naming the step that failed.
         """
-        from tests.lab.daemons import static_include
+        from lab.daemons import static_include
 
         assert self.bird is not None and self.frr is not None
         pod = self.add_pod("validate", chain=("ptp",))
