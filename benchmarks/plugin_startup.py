@@ -78,7 +78,8 @@ if REPO not in sys.path:  # run as a script: benchmarks/plugin_startup.py
 
 from pyroute2 import netns as pyroute2_netns  # noqa: E402
 
-from netconf.state import Allocation, PodRef, StateStore, utc_now  # noqa: E402
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef, utc_now
 from lab.cni import Invocation, PluginRun, exec_plugin, reference_plugin  # noqa: E402
 from lab.netns import Netns, create_netns, delete_netns  # noqa: E402
 from lab.plugin import FROZEN_BINARY, SOURCE_BINARY  # noqa: E402

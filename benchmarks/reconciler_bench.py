@@ -31,7 +31,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from netconf.state import Allocation, PodRef, StateStore, utc_now
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef, utc_now
 from lab.daemons import wait_until
 from lab.topology import (
     NETWORK_NAME,
@@ -50,7 +51,7 @@ COLD_V4 = 5000
 # Where the cold-start addresses come from; the reconciler routes only addresses of its pools.
 COLD_POOLS = ["2001:db8:b::/64", "198.18.0.0/16"]
 DEADLINE = 30.0
-# The product's defaults (netconf.node), not the lab's test-speed values:
+# The product's defaults (reconciler.node_config), not the lab's test-speed values:
 # the figures are what an operator gets.
 LOOP_SETTINGS = {"debounce": 0.05, "maxWait": 0.5}
 

@@ -24,7 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a script
     sys.path.insert(0, REPO)
 
-from netconf.state import Allocation, PodRef, StateStore, utc_now  # noqa: E402
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef, utc_now
 
 
 def fill(store: StateStore, count: int) -> None:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # no typing/collections.abc imports at run time (start-up bud
     from collections.abc import Iterable, Sequence
 
     from netconf.config import NetworkConfig
-    from netconf.state import IPAddress
+    from netconf.values import IPAddress
 
 ANYCAST_ARG = "FLOCK_ANYCAST"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from netconf.errors import CniError, DecodeFailure, IncompatibleVersion, InvalidConfig, IOFailure
+from netconf.errors import CniError, DecodeFailure, IncompatibleVersion, IOFailure
 from netconf.versions import LATEST_VERSION, SUPPORTED_VERSIONS, at_least
 
 # Minimum spec version of each verb (SPEC.md: CHECK appeared in 0.4.0,

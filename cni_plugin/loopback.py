@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # typing costs ~8 ms of an exec; the Protocol is for type che
     from collections.abc import Iterable
     from typing import Protocol
 
-    from netconf.state import IPAddress
+    from netconf.values import IPAddress
 
 IFA_F_NODAD = 0x02
 IFF_UP = 0x01

@@ -30,7 +30,8 @@ from netconf.errors import (
     PodNetnsUnusable,
 )
 from netconf.results import parse_result, render_result
-from netconf.state import Allocation, PodRef, record_network, utc_now
+from netconf.state import record_network
+from netconf.values import Allocation, PodRef, utc_now
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up; the Protocols are for type checkers
@@ -40,7 +41,8 @@ if TYPE_CHECKING:  # typing costs start-up; the Protocols are for type checkers
     from cni_plugin.environment import CniEnvironment
     from cni_plugin.loopback import PodLoopback
     from netconf.config import NetworkConfig
-    from netconf.state import AllocationKey, IPAddress, StateStore, Transaction
+    from netconf.state import StateStore, Transaction
+    from netconf.values import AllocationKey, IPAddress
 
 log = get_logger("flock.cni")
 

@@ -13,7 +13,7 @@ import ipaddress
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from netconf.state import IPAddress
+    from netconf.values import IPAddress
 
 # Never routable as a unicast service address, whatever the pools say.
 _CLASS_E = ipaddress.IPv4Network("240.0.0.0/4")  # includes 255.255.255.255

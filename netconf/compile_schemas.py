@@ -52,7 +52,7 @@ from pydantic.fields import FieldInfo
 from netconf.records import Record, format_datetime
 
 # Where the documents are declared, in the order their schemas are written.
-RECORD_MODULES = ("netconf.config", "netconf.results", "netconf.state")
+RECORD_MODULES = ("netconf.config", "netconf.results", "netconf.values")
 
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compiled_schemas.py")
 

@@ -19,6 +19,7 @@ import ipaddress
 
 from netconf.errors import InvalidConfig, UnsupportedField
 from netconf.records import Record, describe_validation_error, error_location, validation_error_class
+from netconf.values import IPNetwork
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
     from pydantic import AfterValidator, Field, PlainSerializer, PlainValidator
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_STATE_DIR = "/var/lib/flock"
 DEFAULT_ANNOTATION = "flock.fritzlab.net/anycast"

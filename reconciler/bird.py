@@ -62,7 +62,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from netconf.files import fsync_directory, replace_file
-from netconf.node import BgpSettings, BirdSettings
+from reconciler.node_config import BgpSettings, BirdSettings
 from reconciler.bird_control import (
     CODE_CONFIGURATION_OK,
     BirdNotListening,

@@ -30,7 +30,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from netconf.node import BgpSettings, BirdSettings, Neighbor
+from reconciler.node_config import BgpSettings, BirdSettings, Neighbor
 
 STATIC_PROTOCOL4 = "flock_anycast4"
 STATIC_PROTOCOL6 = "flock_anycast6"

@@ -35,14 +35,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import ip_network
 from typing import Literal
 
 from netconf.addresses import pool_edge_name, special_address_reason, usable_in_pool, usable_next_hop
-from netconf.state import Allocation, AllocationKey
+from netconf.values import Allocation, AllocationKey, IPAddress, IPNetwork
 
-IPAddress = IPv4Address | IPv6Address
-IPNetwork = IPv4Network | IPv6Network
 Routes = Mapping[IPNetwork, frozenset["NextHop"]]
 
 SKIP_NO_POD_IP = "no-pod-ip-of-family"

@@ -52,8 +52,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from netconf.node import KubernetesSettings
-from netconf.state import Allocation
+from reconciler.node_config import KubernetesSettings
+from netconf.values import Allocation
 from reconciler.logs import fields
 from reconciler.metrics import PREFIX
 from reconciler.readiness import ReadinessStatus

@@ -64,8 +64,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from netconf.errors import CniError
-from netconf.node import NodeConfig
-from netconf.state import Allocation, AllocationKey, StateDocument, record_file_name
+from reconciler.node_config import NodeConfig
+from netconf.state import StateDocument, record_file_name
+from netconf.values import Allocation, AllocationKey
 from reconciler.desired import (
     REFUSE_REASONS,
     AddressPolicy,

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from netconf.node import NodeConfig, NodeConfigError, ReadinessSettings, load_node_config
+from reconciler.node_config import NodeConfig, NodeConfigError, ReadinessSettings, load_node_config
 from netconf.state import StateStore
 from reconciler.endpoints import HttpEndpoints, ListenError, parse_listen
 from reconciler.kernel import KernelError, KernelRoutes

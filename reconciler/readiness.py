@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from netconf.state import Allocation
+from netconf.values import Allocation
 from reconciler.watch import FileWatch, Wake, WatchError
 
 if TYPE_CHECKING:

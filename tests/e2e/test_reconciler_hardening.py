@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from netconf.state import Allocation, PodRef, StateStore
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef
 from tests.e2e.test_reconciler_lab import (
     DEADLINE,
     passes,

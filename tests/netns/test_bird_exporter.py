@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netconf.node import BgpSettings, BirdSettings
+from reconciler.node_config import BgpSettings, BirdSettings
 from reconciler.bird import BirdExporter, ExportOutcome
 from reconciler.bird_render import render_include
 from tests.netns.bird_process import (

@@ -35,7 +35,7 @@ from tests.netns.test_kernel_routes import (
 LISTEN = "127.0.0.1:9472"
 WRAPPER = (
     "import sys\n"
-    "from reconciler.fakes import FakeBird\n"
+    "from tests.reconciler_fakes import FakeBird\n"
     "from reconciler.main import Runtime, run\n"
     "sys.exit(run(sys.argv[1:], Runtime(make_bird=lambda config: FakeBird())))\n"
 )

@@ -17,9 +17,9 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from netconf.state import Allocation, PodRef
+from netconf.values import Allocation, PodRef
 from reconciler.desired import NextHop
-from reconciler.fakes import FakeBird, FakeStore
+from tests.reconciler_fakes import FakeBird, FakeStore
 from reconciler.kernel import (
     RTM_DELROUTE,
     RTM_NEWROUTE,

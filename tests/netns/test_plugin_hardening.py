@@ -27,7 +27,8 @@ import time
 
 import pytest
 
-from netconf.state import Allocation, PodRef, StateStore, utc_now
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef, utc_now
 from lab.cni import Invocation, exec_plugin
 from lab.plugin import plugin_builds
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from netconf.node import BgpSettings, BirdSettings, parse_node_config
+from reconciler.node_config import BgpSettings, BirdSettings, parse_node_config
 from reconciler.bird_render import PrefixSet, quote, render_include, render_managed_config
 
 GOLDEN = Path(__file__).parent / "golden" / "bird"
@@ -302,7 +302,7 @@ def test_managed_config_graceful_restart_on_request():
 
 
 def test_node_config_rejects_strings_bird_cannot_quote():
-    from netconf.node import NodeConfigError
+    from reconciler.node_config import NodeConfigError
 
     base = {
         "nodeName": "n",
@@ -322,7 +322,7 @@ def test_node_config_rejects_strings_bird_cannot_quote():
 
 
 def test_node_config_rejects_duplicate_neighbor_names():
-    from netconf.node import NodeConfigError
+    from reconciler.node_config import NodeConfigError
 
     neighbor = {"name": "a", "address": "192.0.2.2", "as": 1}
     with pytest.raises(NodeConfigError, match="unique"):

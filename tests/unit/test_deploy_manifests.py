@@ -12,7 +12,7 @@ import os
 import pytest
 import yaml
 
-from netconf.node import parse_node_config
+from reconciler.node_config import parse_node_config
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -49,7 +49,7 @@ def test_the_rbac_grants_only_reads_of_pods():
 
 
 def test_the_configmap_holds_a_valid_reconciler_config(monkeypatch):
-    from netconf.node import expand_environment
+    from reconciler.node_config import expand_environment
 
     with open(os.path.join(DEPLOY, "configmap.yaml"), encoding="utf-8") as handle:
         configmap = yaml.safe_load(handle)

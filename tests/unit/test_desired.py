@@ -7,7 +7,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from netconf.state import Allocation, PodRef
+from netconf.values import Allocation, PodRef
 from reconciler.desired import (
     SKIP_NO_DEVICE,
     SKIP_NO_POD_IP,

@@ -30,7 +30,8 @@ import pytest
 from cni_plugin.anycast import MAX_ADDRESSES
 from cni_plugin.dispatch import MAX_NESTING, run
 from cni_plugin.main import configure_logging
-from netconf.state import Allocation, StateStore, utc_now
+from netconf.state import StateStore
+from netconf.values import Allocation, utc_now
 
 ANYCAST = "192.0.2.53,2001:db8:a::53"
 POOLS = ["192.0.2.0/24", "2001:db8:a::/64", "240.0.0.0/24", "198.51.100.8/31"]

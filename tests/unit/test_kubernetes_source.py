@@ -26,10 +26,11 @@ import pytest
 from lightkube.resources.core_v1 import Pod
 from prometheus_client import CollectorRegistry
 
-from netconf.node import KubernetesSettings, NodeConfigError, ReadinessSettings, parse_node_config
-from netconf.state import Allocation, PodRef, StateStore
+from reconciler.node_config import KubernetesSettings, NodeConfigError, ReadinessSettings, parse_node_config
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef
 from reconciler.desired import NextHop
-from reconciler.fakes import FakeBird, FakeKernel
+from tests.reconciler_fakes import FakeBird, FakeKernel
 from reconciler.kubernetes_source import (
     KubernetesConfigError,
     KubernetesReadiness,

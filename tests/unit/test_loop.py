@@ -8,9 +8,9 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from netconf.errors import IOFailure
-from netconf.state import Allocation, PodRef
+from netconf.values import Allocation, PodRef
 from reconciler.desired import NextHop
-from reconciler.fakes import FakeBird, FakeKernel, FakeStore, ManualClock
+from tests.reconciler_fakes import FakeBird, FakeKernel, FakeStore, ManualClock
 from reconciler.kernel import DeviceMissing, KernelError
 from reconciler.loop import LoopSettings, Reconciler, backoff_delay
 from reconciler.readiness import MappingView, ReadinessStatus

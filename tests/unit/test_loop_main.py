@@ -12,9 +12,10 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from netconf.state import Allocation, PodRef, StateStore
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef
 from reconciler.desired import NextHop
-from reconciler.fakes import FakeBird, FakeKernel
+from tests.reconciler_fakes import FakeBird, FakeKernel
 from reconciler.main import Runtime, run
 from tests.unit.simulated_time import SimulatedClock
 

@@ -6,7 +6,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from netconf.node import NodeConfigError, load_node_config, parse_node_config
+from reconciler.node_config import NodeConfigError, load_node_config, parse_node_config
 
 MINIMAL = {"nodeName": "node-1", "pools": ["192.0.2.0/24"]}
 

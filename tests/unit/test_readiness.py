@@ -9,8 +9,8 @@ from ipaddress import ip_address
 
 import pytest
 
-from netconf.node import ReadinessSettings
-from netconf.state import Allocation, PodRef
+from reconciler.node_config import ReadinessSettings
+from netconf.values import Allocation, PodRef
 from reconciler.readiness import (
     AlwaysReady,
     FileReadiness,

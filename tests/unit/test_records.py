@@ -21,7 +21,7 @@ from netconf import compile_schemas
 from netconf.config import FlockBlock, NetworkConfig
 from netconf.records import Record, describe_validation_error, error_location
 from netconf.results import Result
-from netconf.state import Allocation, AllocationFile, PodRef, utc_now
+from netconf.values import Allocation, AllocationFile, PodRef, utc_now
 
 MODELS = compile_schemas.models()
 

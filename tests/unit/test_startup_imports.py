@@ -30,7 +30,8 @@ import sys
 
 import pytest
 
-from netconf.state import Allocation, StateStore, utc_now
+from netconf.state import StateStore
+from netconf.values import Allocation, utc_now
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANYCAST = "192.0.2.53,2001:db8:a::53"

@@ -21,11 +21,11 @@ import pytest
 from netconf import compile_schemas
 from netconf.errors import StateCorrupt
 from netconf.records import validation_error_class
-from netconf.state import (
+from netconf.state import StateStore
+from netconf.values import (
     Allocation,
     AllocationFile,
     PodRef,
-    StateStore,
     encode_record,
     format_ip_address,
     parse_ip_address,

@@ -12,7 +12,8 @@ import stat
 import pytest
 
 from netconf.errors import LockTimeout, StateCorrupt
-from netconf.state import Allocation, PodRef, StateStore, utc_now
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef, utc_now
 
 KEY = ("n", "c1", "eth0")
 OTHER = ("n", "c2", "eth0")

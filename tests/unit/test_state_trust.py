@@ -18,7 +18,8 @@ import pytest
 
 from cni_plugin.dispatch import run
 from netconf.errors import IOFailure, LockTimeout, StateCorrupt
-from netconf.state import Allocation, PodRef, StateStore, utc_now
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef, utc_now
 
 KEY = ("n", "c1", "eth0")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")

@@ -16,9 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from netconf.config import DEFAULT_STATE_DIR
 from netconf.records import describe_validation_error
+from netconf.values import IPAddress, IPNetwork
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _Strict(BaseModel):

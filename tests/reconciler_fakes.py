@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netconf.errors import CniError, IOFailure, StateCorrupt
-from netconf.state import Allocation, StateDocument, record_file_name
+from netconf.state import StateDocument, record_file_name
+from netconf.values import Allocation
 from reconciler.desired import IPAddress, IPNetwork, NextHop
 from reconciler.kernel import DeviceMissing, KernelError
 
