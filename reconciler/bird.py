@@ -60,17 +60,18 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from netconf.files import fsync_directory, replace_file
-from reconciler.node_config import BgpSettings, BirdSettings
+from netconf.values import IPAddress
 from reconciler.bird_control import (
     CODE_CONFIGURATION_OK,
-    BirdNotListening,
     CODE_READING_CONFIGURATION,
     CODE_RECONFIGURED,
     CONFIGURE_ACCEPTED,
     BirdControl,
     BirdError,
+    BirdNotListening,
     BirdReply,
     parse_neighbor_addresses,
     parse_protocols,
@@ -87,6 +88,7 @@ from reconciler.bird_render import (
     render_include,
     render_managed_config,
 )
+from reconciler.node_config import BgpSettings, BirdSettings
 
 __all__ = [
     "BirdExporter",
@@ -146,10 +148,10 @@ class BirdExporter:
             render_managed_config(bgp, settings) if settings.mode == "managed" and bgp else None
         )
         self._neighbor_names = tuple(n.name for n in bgp.neighbors) if self._managed_config and bgp else ()
-        self._configured_peers = frozenset(n.address for n in bgp.neighbors) if bgp else frozenset()
+        self._configured_peers: frozenset[IPAddress] = frozenset(n.address for n in bgp.neighbors) if bgp else frozenset()
         # Include mode: the operator's bird.conf names the peers; learned
         # from BIRD (``show protocols all``) whenever an apply succeeds.
-        self._learned_peers: frozenset = frozenset()
+        self._learned_peers: frozenset[IPAddress] = frozenset()
         self._apply_lock = threading.Lock()
         self._state_lock = threading.Lock()
         # Bytes BIRD confirmed last, per file path; empty until a success and
@@ -201,8 +203,8 @@ class BirdExporter:
                 return self._failed(f"cannot write BIRD files: {exc}", reloaded=reloaded)
             return ExportOutcome(ok=True, reloaded=True)
 
-    def status(self) -> dict:
-        """A snapshot for /readyz, metrics and ``flockctl status``; never raises.
+    def status(self) -> dict[str, Any]:
+        """A snapshot for /readyz and metrics; never raises.
 
         Keys: mode, socket, reachable, last_error (of the last
         ensure_exported, None after a success), last_reload (wall-clock
@@ -214,7 +216,7 @@ class BirdExporter:
         unreachable_reason when BIRD could not be asked.
         """
         with self._state_lock:
-            report: dict = {
+            report: dict[str, Any] = {
                 "mode": self.settings.mode,
                 "socket": self.settings.socket,
                 "reachable": False,
@@ -243,7 +245,7 @@ class BirdExporter:
         """Does something accept connections on BIRD's socket? A connect and hang-up; never raises."""
         return probe_listening(self.settings.socket, min(self.settings.timeout, 0.5))
 
-    def peer_addresses(self) -> frozenset:
+    def peer_addresses(self) -> frozenset[IPAddress]:
         """BGP neighbor addresses: the node config's ``bgp.neighbors``, plus (include mode)
         those BIRD reported at the last successful apply. Empty in include mode
         until BIRD was reached once; pools and the node's own addresses still apply."""
@@ -356,11 +358,12 @@ class BirdExporter:
     def _restore(self, previous: dict[str, bytes | None], changed: dict[str, bytes]) -> None:
         """Put back the files as they were before this attempt (best effort, logged)."""
         for path in changed:
+            before = previous[path]
             try:
-                if previous[path] is None:
+                if before is None:
                     _remove(path)
                 else:
-                    _write_atomic(path, previous[path], default_mode=0o644)
+                    _write_atomic(path, before, default_mode=0o644)
             except OSError as exc:
                 log.error("cannot restore %s after a failed BIRD update: %s", path, exc)
 

@@ -56,7 +56,7 @@ CONFIGURE_ACCEPTED = frozenset(
 )
 
 # A reply larger than this is not something BIRD sends us on purpose
-# (`show route` for 10k statics is ~700 kB).
+# (`show route` for 10,000s of statics is well under a megabyte).
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 _LINE = re.compile(rb"^(\d{4})([ -])(.*)$", re.DOTALL)

@@ -71,7 +71,7 @@ class PrefixSet:
     v6: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def of(cls, prefixes: Iterable[Prefix]) -> PrefixSet:
+    def of(cls, prefixes: Iterable[Prefix] | PrefixSet) -> PrefixSet:
         """Raises TypeError for anything but IPv4Network/IPv6Network."""
         if isinstance(prefixes, PrefixSet):
             return prefixes

@@ -17,10 +17,10 @@ Both answer a small JSON document.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import socket
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -45,6 +45,12 @@ def parse_listen(text: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+
+class _Server6(_Server):
+    # An IPv6 listen address needs an AF_INET6 socket; the class attribute is
+    # what socketserver reads when it creates the socket.
+    address_family = socket.AF_INET6
 
 
 class HttpEndpoints:
@@ -93,9 +99,7 @@ class HttpEndpoints:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass  # scrapes every few seconds would drown the daemon's log
 
-        server_class = _Server
-        if ":" in self.host:
-            server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+        server_class: type[_Server] = _Server6 if ":" in self.host else _Server
         self._server = server_class((self.host, self.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="flock-http", daemon=True)
         self._thread.start()

@@ -18,12 +18,12 @@ ACK or NLMSG_DONE, restart an interrupted dump, the kernel's extended-ACK
 text — is ``rtnetlink.transport``'s, shared with the plugin, because
 ``IPRoute`` 0.9 takes every call through its asyncio core and request
 filters, which more than doubles the cost of the same messages.
-pyroute2's generic codec is still most of the cost. Measured side by
-side (``benchmarks/kernel_routes_bench.py``, 2 busy vCPUs), it adds ~200 µs of CPU to each route write and ~90 µs to
-each listed route: writes cost 4x (IPv6) to 10x (IPv4, where the kernel's
-own work is smallest) what they did with ``struct``-packed messages, a
-listing ~6x; at 10,000 prefixes a cold start takes ~6.5 s instead of
-~0.9 s (``IPRoute``: ~18 s) and every pass spends ~1 s of CPU listing.
+pyroute2's generic codec is still most of the cost: measured side by
+side (``benchmarks/kernel_routes_bench.py`` has the current figures), its
+Python-level encoding and decoding costs several times what
+``struct``-packed messages did for each route write (most for IPv4, where
+the kernel's own work is smallest) and for each listed route, so at
+10,000s of prefixes the listing every pass makes is real CPU time.
 Hence the kernel filters dumps by protocol and table
 (``NETLINK_GET_STRICT_CHK``), each distinct next-hop set is decoded once
 per dump, and dump messages are converted as they arrive. The netns tests
@@ -41,7 +41,7 @@ import os
 import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, nlmsg
 from pyroute2.netlink.rtnl import (  # noqa: F401 - RTMGRP_* stay importable with open_netlink_socket
@@ -61,7 +61,8 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from reconciler.desired import IPAddress, IPNetwork, NextHop
+from netconf.values import IPAddress, IPNetwork
+from reconciler.desired import NextHop
 from rtnetlink.transport import (
     DumpInterrupted,
     NetlinkError,
@@ -136,10 +137,11 @@ def translate_error(exc: BaseException | int, context: str) -> KernelError:
     if isinstance(exc, int):
         code = exc
     else:
-        code = getattr(exc, "code", None)
-        if code is None and isinstance(exc, OSError):
-            code = exc.errno
-        code = int(code or 0)
+        # NetlinkError (ours or pyroute2's) carries the errno as ``code``.
+        found = getattr(exc, "code", None)
+        if found is None and isinstance(exc, OSError):
+            found = exc.errno
+        code = int(found or 0)
     kind = _BY_ERRNO.get(code, KernelError)
     reason = os.strerror(code) if code else repr(exc)
     return kind(f"{context}: {reason}", code)
@@ -315,7 +317,7 @@ class _Guard:
     def __enter__(self) -> _Rtnl:
         return self.routes._client()
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> Literal[False]:
         if exc is None or isinstance(exc, KernelError):
             return False
         if isinstance(exc, OSError):
@@ -508,7 +510,7 @@ def _route_message(prefix: IPNetwork, table: int, protocol: int, scope: int, rou
 
 
 def _text(address: IPAddress) -> str:
-    # pyroute2 takes addresses as text; inet_ntop is ~10x faster than str() of an IPv6Address.
+    # pyroute2 takes addresses as text; inet_ntop formats in C, str() of an IPv6Address in Python.
     return socket.inet_ntop(socket.AF_INET if address.version == 4 else socket.AF_INET6, address.packed)
 
 
@@ -516,12 +518,12 @@ _NEXT_HOP_ATTRIBUTES = ("RTA_GATEWAY", "RTA_OIF", "RTA_MULTIPATH")
 _ROUTE_ATTRIBUTES = frozenset({"RTA_DST", "RTA_TABLE", *_NEXT_HOP_ATTRIBUTES})
 
 
-def _attributes(message: nlmsg, names: tuple[str, ...]) -> dict:
+def _attributes(message: nlmsg, names: tuple[str, ...]) -> dict[str, Any]:
     """``{name: decoded value}`` of the attributes of ``message`` named in ``names``."""
     return {name: slot.value for name, slot in attribute_slots(message, names).items()}
 
 
-def _next_hops(slots: dict) -> tuple[tuple[str | None, int], ...]:
+def _next_hops(slots: dict[str, Any]) -> tuple[tuple[str | None, int], ...]:
     multipath = slots.get("RTA_MULTIPATH")
     if multipath is not None:
         return tuple((path.get_attr("RTA_GATEWAY"), path["oif"]) for path in multipath.value)

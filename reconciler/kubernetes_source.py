@@ -52,10 +52,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from reconciler.node_config import KubernetesSettings
 from netconf.values import Allocation
 from reconciler.logs import fields
 from reconciler.metrics import PREFIX
+from reconciler.node_config import KubernetesSettings
 from reconciler.readiness import ReadinessStatus
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def pod_is_ready(pod: Any) -> bool:
     status = getattr(pod, "status", None)
     for condition in (status.conditions or []) if status is not None else []:
         if condition.type == "Ready":
-            return condition.status == "True"
+            return bool(condition.status == "True")
     return False
 
 
@@ -157,13 +157,14 @@ class PodReadinessView:
 
 def retry_delay(failures: int, initial: float, maximum: float, jitter: float) -> float:
     """initial, 2x, 4x... capped at maximum (failures >= 1), scaled into [50 %, 100 %] by ``jitter`` in [0, 1)."""
-    return min(maximum, initial * 2 ** max(0, failures - 1)) * (0.5 + 0.5 * jitter)
+    # int ** int is typed Any (a negative exponent gives a float); here it is never negative.
+    factor: int = 2 ** max(0, failures - 1)
+    return min(maximum, initial * factor) * (0.5 + 0.5 * jitter)
 
 
 def classify_failure(exc: BaseException) -> tuple[str, str]:
     """(reason, detail) of a failed list or watch; reason is a small fixed set (a metric label)."""
     import httpx2
-
     from lightkube.core.exceptions import ApiError
 
     if isinstance(exc, ApiError) and exc.status is not None:
@@ -234,21 +235,23 @@ def open_pod_watch(client: Any, node_name: str, version: str, server_timeout: in
     from lightkube.types import on_error_raise
 
     selector = {"spec.nodeName": node_name}
-    generic = getattr(client, "_client", None)
+    # lightkube internals, untyped and maybe absent: the AttributeError is caught below.
+    generic: Any = getattr(client, "_client", None)
     try:
-        request = generic.prepare_request(  # type: ignore[union-attr]
+        request = generic.prepare_request(
             "list",
             res=Pod,
             namespace="*",
             watch=True,
             params={
-                "fieldSelector": build_selector(selector, for_fields=True),
+                # A literal, so mypy infers build_selector's own (invariant) value type.
+                "fieldSelector": build_selector({"spec.nodeName": node_name}, for_fields=True),
                 "resourceVersion": version,
                 "timeoutSeconds": server_timeout,
                 "allowWatchBookmarks": "true",
             },
         )
-        return generic.watch(request, on_error=on_error_raise), True  # type: ignore[union-attr]
+        return generic.watch(request, on_error=on_error_raise), True
     except (AttributeError, TypeError):
         stream = client.watch(
             Pod, namespace="*", fields=selector, resource_version=version, server_timeout=server_timeout
@@ -363,7 +366,7 @@ class KubernetesReadiness:
         self._bookmarks: bool | None = None
         self._wake: Wake | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._stale_timer: asyncio.TimerHandle | None = None
 
@@ -513,7 +516,7 @@ class KubernetesReadiness:
 
         result = client.list(Pod, namespace="*", fields={"spec.nodeName": self.node_name})
         pods = [pod async for pod in result]
-        version = result.resourceVersion  # NotReadyError without one: a failure like any other
+        version: str = result.resourceVersion  # NotReadyError without one: a failure like any other
         self.metrics.lists.labels("ok").inc()
         self._version = version
         self._publish_list(ready_pods(pods), version)

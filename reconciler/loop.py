@@ -64,16 +64,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from netconf.errors import CniError
-from reconciler.node_config import NodeConfig
 from netconf.state import StateDocument, record_file_name
-from netconf.values import Allocation, AllocationKey
+from netconf.values import Allocation, AllocationKey, IPAddress, IPNetwork
 from reconciler.desired import (
     REFUSE_REASONS,
     AddressPolicy,
     BirdState,
     DesiredRoutes,
-    IPAddress,
-    IPNetwork,
     NextHop,
     RefusedAddress,
     RouteAction,
@@ -93,6 +90,7 @@ from reconciler.desired import (
 from reconciler.kernel import KernelError
 from reconciler.logs import fields
 from reconciler.metrics import Metrics
+from reconciler.node_config import NodeConfig
 from reconciler.readiness import ReadinessSource
 
 log = logging.getLogger("reconciler.loop")
@@ -134,13 +132,26 @@ class KernelPort(Protocol):
 
 
 class ExportResult(Protocol):
-    ok: bool
-    reloaded: bool
-    error: str | None
-    # Nothing listened on BIRD's socket (as opposed to BIRD refusing the config).
-    unreachable: bool
-    # The include on disk holds the requested set although BIRD did not confirm it.
-    staged: bool
+    """What one export achieved (``bird.ExportOutcome``); read-only, so a frozen dataclass satisfies it."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def reloaded(self) -> bool: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def unreachable(self) -> bool:
+        """Nothing listened on BIRD's socket (as opposed to BIRD refusing the config)."""
+        ...
+
+    @property
+    def staged(self) -> bool:
+        """The include on disk holds the requested set although BIRD did not confirm it."""
+        ...
 
 
 class BirdPort(Protocol):
@@ -156,7 +167,7 @@ class BirdPort(Protocol):
         """The BGP neighbors' addresses known to the adapter (never routed)."""
         ...
 
-    def status(self) -> dict: ...
+    def status(self) -> dict[str, Any]: ...
 
     def ensure_bootstrap_files(self) -> list[str]:
         """Create the files BIRD needs to start (never overwriting); the paths written."""
@@ -326,7 +337,7 @@ class Reconciler:
         # record that turns unreadable keeps its entry, one removed loses it.
         self._last_good: dict[str, Allocation] = {}
         self._file_names: dict[AllocationKey, str] = {}
-        self._unreadable: dict[str, CniError] = {}
+        self._unreadable: Mapping[str, CniError] = {}
         self._unreadable_text: dict[str, str] = {}
         self._kernel_error: str | None = None
         # plan: what was refused or skipped (logged once, listed in /readyz)
@@ -523,7 +534,7 @@ class Reconciler:
             key = allocation.key
             name = names.get(key)
             if name is None:
-                name = record_file_name(key)  # escaping costs ~µs: once per key, not per pass
+                name = record_file_name(key)  # escaping is not free: once per key, not per pass
             file_names[key] = name
             last_good[name] = allocation
         self._file_names = file_names
@@ -531,11 +542,11 @@ class Reconciler:
             return list(good), last_good
         kept = []
         for name in unreadable:
-            allocation = self._last_good.get(name)
-            if allocation is not None:
-                last_good[name] = allocation
-                file_names[allocation.key] = name
-                kept.append(allocation)
+            previous_good = self._last_good.get(name)
+            if previous_good is not None:
+                last_good[name] = previous_good
+                file_names[previous_good.key] = name
+                kept.append(previous_good)
         if not kept:
             return list(good), last_good
         return sorted([*good, *kept], key=lambda item: item.key), last_good

@@ -41,7 +41,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.node_config import NodeConfig, NodeConfigError, ReadinessSettings, load_node_config
 from netconf.state import StateStore
 from reconciler.endpoints import HttpEndpoints, ListenError, parse_listen
 from reconciler.kernel import KernelError, KernelRoutes
@@ -58,6 +57,7 @@ from reconciler.loop import (
     Waker,
 )
 from reconciler.metrics import Metrics
+from reconciler.node_config import NodeConfig, NodeConfigError, ReadinessSettings, load_node_config
 from reconciler.readiness import AlwaysReady, FileReadiness, ReadinessSource, wait_for_first_view
 from reconciler.watch import ANY_FILE, FileWatch, RouteMonitor, WatchError
 

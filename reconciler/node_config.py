@@ -19,14 +19,13 @@ from netconf.records import describe_validation_error
 from netconf.values import IPAddress, IPNetwork
 
 
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
 class RetrySettings(_Strict):
-    initial: float = Field(0.5, gt=0)
-    maximum: float = Field(30.0, gt=0)
+    initial: float = Field(default=0.5, gt=0)
+    maximum: float = Field(default=30.0, gt=0)
 
 
 class KubernetesSettings(_Strict):
@@ -45,12 +44,12 @@ class KubernetesSettings(_Strict):
     ``requestTimeout``: connect and list timeout.
     """
 
-    kubeconfig: str | None = Field(None, min_length=1)
-    context: str | None = Field(None, min_length=1)
-    stale_hold: float = Field(60.0, alias="staleHold", ge=0)
+    kubeconfig: str | None = Field(default=None, min_length=1)
+    context: str | None = Field(default=None, min_length=1)
+    stale_hold: float = Field(default=60.0, alias="staleHold", ge=0)
     backoff: RetrySettings = Field(default_factory=RetrySettings)
-    watch_timeout: int = Field(300, alias="watchTimeout", ge=1, le=86400)
-    request_timeout: float = Field(10.0, alias="requestTimeout", gt=0)
+    watch_timeout: int = Field(default=300, alias="watchTimeout", ge=1, le=86400)
+    request_timeout: float = Field(default=10.0, alias="requestTimeout", gt=0)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> KubernetesSettings:
@@ -84,22 +83,22 @@ class ReadinessSettings(_Strict):
 class RouteSettings(_Strict):
     # 70 is unassigned in /etc/iproute2/rt_protos; the number marks routes
     # as ours so a restarted reconciler can find and adopt them.
-    protocol: int = Field(70, ge=5, le=255)
-    table: int = Field(254, ge=1, le=2**32 - 1)
+    protocol: int = Field(default=70, ge=5, le=255)
+    table: int = Field(default=254, ge=1, le=2**32 - 1)
 
 
 class BirdSettings(_Strict):
     mode: Literal["include", "managed"] = "include"
     socket: str = "/run/bird/bird.ctl"
-    include_file: str = Field("/etc/bird/flock-anycast.conf", alias="includeFile")
+    include_file: str = Field(default="/etc/bird/flock-anycast.conf", alias="includeFile")
     # managed mode renders the whole bird.conf here; BIRD must be started with -c on it.
-    config_file: str = Field("/etc/bird/bird.conf", alias="configFile")
-    timeout: float = Field(5.0, gt=0)
+    config_file: str = Field(default="/etc/bird/bird.conf", alias="configFile")
+    timeout: float = Field(default=5.0, gt=0)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     # While BIRD is unreachable, how often to try connecting to its socket,
     # independent of the retry back-off: a restarted BIRD is re-applied at
     # once instead of when the back-off timer happens to fire.
-    probe_interval: float = Field(0.5, alias="probeInterval", gt=0, le=60)
+    probe_interval: float = Field(default=0.5, alias="probeInterval", gt=0, le=60)
 
     @field_validator("include_file", "config_file")
     @classmethod
@@ -116,16 +115,16 @@ class Neighbor(_Strict):
     address: IPAddress
     remote_as: int = Field(alias="as", ge=1, le=2**32 - 1)
     password: str | None = None
-    multihop: int | None = Field(None, ge=1, le=255)
+    multihop: int | None = Field(default=None, ge=1, le=255)
     bfd: bool = False
-    source_address: IPAddress | None = Field(None, alias="sourceAddress")
+    source_address: IPAddress | None = Field(default=None, alias="sourceAddress")
     interface: str | None = None
     families: tuple[Literal["ipv4", "ipv6"], ...] = ("ipv4", "ipv6")
     # IPv4 routes over an IPv6 session need an IPv4 next hop (LAB-NOTES 9).
-    next_hop_ipv4: ipaddress.IPv4Address | None = Field(None, alias="nextHopIPv4")
+    next_hop_ipv4: ipaddress.IPv4Address | None = Field(default=None, alias="nextHopIPv4")
     # The same for IPv6 routes over an IPv4 session.
-    next_hop_ipv6: ipaddress.IPv6Address | None = Field(None, alias="nextHopIPv6")
-    extended_next_hop: bool = Field(False, alias="extendedNextHop")
+    next_hop_ipv6: ipaddress.IPv6Address | None = Field(default=None, alias="nextHopIPv6")
+    extended_next_hop: bool = Field(default=False, alias="extendedNextHop")
 
     @field_validator("name")
     @classmethod
@@ -146,18 +145,18 @@ class BgpSettings(_Strict):
     router_id: ipaddress.IPv4Address = Field(alias="routerId")
     local_as: int = Field(alias="localAS", ge=1, le=2**32 - 1)
     communities: tuple[str, ...] = ()
-    large_communities: tuple[str, ...] = Field((), alias="largeCommunities")
-    hold_time: int = Field(9, alias="holdTime", ge=3, le=65535)
-    keepalive_time: int = Field(3, alias="keepaliveTime", ge=1, le=21845)
-    connect_retry_time: int = Field(5, alias="connectRetryTime", ge=1)
+    large_communities: tuple[str, ...] = Field(default=(), alias="largeCommunities")
+    hold_time: int = Field(default=9, alias="holdTime", ge=3, le=65535)
+    keepalive_time: int = Field(default=3, alias="keepaliveTime", ge=1, le=21845)
+    connect_retry_time: int = Field(default=5, alias="connectRetryTime", ge=1)
     # BIRD's defaults (connect delay 5 s, error wait 60..300 s) when unset;
     # labs and tests set 1 and (1, 2) so sessions come up and recover fast.
-    connect_delay_time: int | None = Field(None, alias="connectDelayTime", ge=1)
-    error_wait_time: tuple[int, int] | None = Field(None, alias="errorWaitTime")
+    connect_delay_time: int | None = Field(default=None, alias="connectDelayTime", ge=1)
+    error_wait_time: tuple[int, int] | None = Field(default=None, alias="errorWaitTime")
     # Off by default: with graceful restart the peers keep this node's routes
     # for the restart time after its BIRD dies, sending anycast traffic to a
     # node that cannot serve it while other nodes could.
-    graceful_restart: bool = Field(False, alias="gracefulRestart")
+    graceful_restart: bool = Field(default=False, alias="gracefulRestart")
     neighbors: tuple[Neighbor, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -195,17 +194,17 @@ class NodeConfig(_Strict):
 
     node_name: str = Field(alias="nodeName", min_length=1)
     pools: tuple[IPNetwork, ...] = Field(min_length=1)
-    state_dir: str = Field(DEFAULT_STATE_DIR, alias="stateDir")
+    state_dir: str = Field(default=DEFAULT_STATE_DIR, alias="stateDir")
     readiness: ReadinessSettings = Field(default_factory=ReadinessSettings)
     routes: RouteSettings = Field(default_factory=RouteSettings)
-    drain_delay: float = Field(2.0, alias="drainDelay", ge=0)
-    resync_interval: float = Field(30.0, alias="resyncInterval", gt=0)
-    debounce: float = Field(0.05, ge=0)
-    max_wait: float = Field(0.5, alias="maxWait", gt=0)
+    drain_delay: float = Field(default=2.0, alias="drainDelay", ge=0)
+    resync_interval: float = Field(default=30.0, alias="resyncInterval", gt=0)
+    debounce: float = Field(default=0.05, ge=0)
+    max_wait: float = Field(default=0.5, alias="maxWait", gt=0)
     bird: BirdSettings = Field(default_factory=BirdSettings)
     bgp: BgpSettings | None = None
     http: HttpSettings = Field(default_factory=HttpSettings)
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="logLevel")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", alias="logLevel")
 
     @field_validator("pools", mode="before")
     @classmethod
@@ -285,7 +284,7 @@ def expand_environment(text: str, environ: Mapping[str, str]) -> str:
     name or router id would be worse than not starting.
     """
 
-    def substitute(match: re.Match) -> str:
+    def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in environ:
             raise NodeConfigError(f"node config refers to ${{{name}}}, which is not set in the environment")

@@ -17,11 +17,12 @@ One interface (:class:`ReadinessSource`) with a source per setting of
   thread lists and watches, keeps a cache and calls ``wake`` on readiness
   changes; :meth:`observe` hands the loop an immutable view of that cache.
 
-A source that needs a first sync before its view means anything
-(``kubernetes``) also has ``wait_synced(timeout) -> bool`` and
-``sync_timeout``; the daemon holds its first pass for it
-(:func:`wait_for_first_view`). A source with metrics of its own has
-``register_metrics(registry)``.
+Every source declares the whole protocol. One that needs a first sync
+before its view means anything (``kubernetes``, ``needs_first_sync``)
+blocks in ``wait_synced(timeout)`` up to ``sync_timeout``, and the daemon
+holds its first pass for it (:func:`wait_for_first_view`); the others
+answer at once. ``register_metrics(registry)`` adds a source's own metrics
+(none for most).
 
 May: read the readiness file, read pods from the API server (the
 ``kubernetes`` source), run watcher threads that call ``wake``.

@@ -273,13 +273,13 @@ class RouteMonitor:
                 return False
         if message["proto"] != self.protocol:
             return False
-        table = message["table"]
+        table: int = message["table"]
         if table == RT_TABLE_COMPAT:  # the id does not fit rtm_table: it is in RTA_TABLE
             table = message.get_attr("RTA_TABLE", table)
         return table == self.table
 
 
-class _RtmsgBody(rtmsg):
+class _RtmsgBody(rtmsg):  # type: ignore[misc]  # pyroute2 ships no types: rtmsg is Any to mypy
     """An rtmsg decoded from its payload alone (no netlink header), as a caller may hold one."""
 
     __slots__ = ()
