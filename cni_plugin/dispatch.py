@@ -29,11 +29,15 @@ MINIMUM_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 MAX_NESTING = 64
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~8 ms of an exec; annotations only
+if TYPE_CHECKING:  # annotations only: importing typing would cost every exec
     from collections.abc import Callable, Mapping
     from typing import Any, BinaryIO, TextIO
 
-    LoggingSetup = Callable[[Any], None]
+    from cni_plugin.environment import CniEnvironment
+    from netconf.config import FlockBlock, NetworkConfig
+
+    # Applies the config's logging settings; None: the defaults (no config parsed).
+    LoggingSetup = Callable[[FlockBlock | None], None]
 
 
 def run(
@@ -51,7 +55,7 @@ def run(
         # that forgot a variable hears about that, not about its config.
         if environ.get("CNI_COMMAND") == "VERSION":
             # Needs no other variable, so it is answered before the
-            # environment module (and dataclasses, ~5 ms) is even imported.
+            # environment module is even imported.
             document = _decode(raw) if raw.strip() else None
             requested = _requested_version(document) if document else LATEST_VERSION
             _emit(stdout, {"cniVersion": requested, "supportedVersions": list(SUPPORTED_VERSIONS)})
@@ -83,7 +87,9 @@ def run(
         return 1
 
 
-def _serve(command: str, env, document: dict[str, Any], setup_logging: LoggingSetup | None):
+def _serve(
+    command: str, env: CniEnvironment, document: dict[str, Any], setup_logging: LoggingSetup | None
+) -> dict[str, Any] | None:
     # Imported here so VERSION (and every error before this point) never
     # pays for pydantic or pyroute2.
     from cni_plugin import verbs
@@ -123,13 +129,14 @@ class PodAnnotationsOnFirstUse:
 
     __slots__ = ("_settings",)
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings: FlockBlock) -> None:
         self._settings = settings  # the config's flock block: kubeconfig, annotation, apiTimeout
 
     def anycast_annotation(self, namespace: str, name: str) -> str | None:
         from cni_plugin.kubernetes import ApiPodAnnotations
 
         settings = self._settings
+        assert settings.kubeconfig is not None  # verbs.resolve_anycast asks only when the config names one
         adapter = ApiPodAnnotations(settings.kubeconfig, settings.annotation, settings.api_timeout)
         return adapter.anycast_annotation(namespace, name)
 
@@ -155,7 +162,7 @@ def _log_failure(setup_logging: LoggingSetup | None, msg: str, *args: object, un
         pass
 
 
-def _merged_args(cni_args: Mapping[str, str], config) -> dict[str, str]:
+def _merged_args(cni_args: Mapping[str, str], config: NetworkConfig) -> dict[str, str]:
     """CNI_ARGS overlaid by ``args.cni`` string values (CONVENTIONS: args wins)."""
     merged = dict(cni_args)
     if config.args is not None and config.args.cni is not None:

@@ -1,7 +1,7 @@
 """The CNI_* environment of one plugin exec, parsed and validated.
 
-Pure, and free of pydantic and dataclasses (which imports inspect: ~10 ms
-of every exec).
+Pure, and free of pydantic and dataclasses (which imports inspect): this
+module is imported by every exec but VERSION.
 Rules from SPEC.md "Parameters" and CONVENTIONS.md "CNI_ARGS".
 """
 
@@ -14,6 +14,7 @@ from netconf.errors import InvalidEnvironment
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any
 
 VERBS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 
@@ -56,7 +57,7 @@ class CniEnvironment:
         self.args = dict(args or {})
         self.path = path
 
-    def replace(self, **changes) -> CniEnvironment:
+    def replace(self, **changes: Any) -> CniEnvironment:
         fields = {name: getattr(self, name) for name in self.__slots__}
         return CniEnvironment(**{**fields, **changes})
 

@@ -20,8 +20,9 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from netconf.files import fsync_directory, read_regular_file, replace_file
 
@@ -196,8 +197,7 @@ def uninstall_from_conf_dir(conf_dir: str) -> list[Change]:
         if not any(plugin.get("type") == PLUGIN_TYPE for plugin in document.get("plugins", [])):
             continue
         remaining, converted_from = without_flock_entry(document)
-        original = os.path.join(conf_dir, converted_from + ORIGINAL_SUFFIX) if converted_from else None
-        if original and os.path.exists(original):
+        if converted_from and os.path.exists(original := os.path.join(conf_dir, converted_from + ORIGINAL_SUFFIX)):
             os.replace(original, os.path.join(conf_dir, converted_from))
             os.unlink(path)
             changes += [Change(os.path.join(conf_dir, converted_from), "restored"), Change(path, "removed")]
@@ -269,7 +269,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(argv: list[str], stdout=sys.stdout, environ=os.environ) -> int:
+def run(argv: list[str], stdout: TextIO = sys.stdout, environ: Mapping[str, str] = os.environ) -> int:
     arguments = parse_arguments(argv)
     try:
         if arguments.action == "install":
@@ -304,7 +304,7 @@ def _remove_binary(bin_dir: str) -> list[Change]:
     return changes
 
 
-def _in_cluster_server(environ) -> str:
+def _in_cluster_server(environ: Mapping[str, str]) -> str:
     host = environ.get("KUBERNETES_SERVICE_HOST")
     port = environ.get("KUBERNETES_SERVICE_PORT", "443")
     if not host:

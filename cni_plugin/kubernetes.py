@@ -8,10 +8,10 @@ dispatcher imports this module on that first call, never before. What the
 annotation's value may hold is judged by ``anycast.annotated_anycast``.
 
 Why the standard library and not a Kubernetes client: the plugin is exec'd
-for every pod start, and the client libraries cost far more to import than
-the whole rest of an ADD (measured: lightkube ~0.5–1 s with its HTTP stack
-on this machine, ``http.client`` + ``ssl`` ~15 ms). A single authenticated
-GET needs none of what they add (watches, retries, typed models). The
+for every pod start, and the client libraries (lightkube with its HTTP
+stack) cost far more to import than the whole rest of an ADD, which needs
+only ``http.client`` and ``ssl``. A single authenticated GET needs none of
+what they add (watches, retries, typed models). The
 reconciler, which holds a long-lived watch, does use a client library.
 Only the kubeconfig forms a node plugin meets are read: token or token
 file, client certificate and key (file or data), CA (file or data).
@@ -36,6 +36,7 @@ from netconf.errors import AnycastLimitExceeded, InvalidConfig, IOFailure, Kuber
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import ssl
     from typing import Any
 
 # A kubeconfig with inline certificates is a few KiB; token, CA and client
@@ -86,13 +87,14 @@ def load_kubeconfig(path: str) -> ApiCredentials:
     context_name = _string(document, "current-context", "", path)
     context = _named(document, "contexts", context_name, path)
     cluster = _named(document, "clusters", _string(context, "cluster", "context", path), path)
-    user_name = _string(context, "user", "context", path, required=False)
+    user_name = _optional_string(context, "user", "context", path)
     user = _named(document, "users", user_name, path) if user_name else {}
     base = os.path.dirname(path)
-    token = _string(user, "token", "user", path, required=False)
-    token_file = _string(user, "tokenFile", "user", path, required=False)
+    token = _optional_string(user, "token", "user", path)
+    token_file = _optional_string(user, "tokenFile", "user", path)
     if not token and token_file:
-        token = _text(_read_file(os.path.join(base, token_file), MAX_CREDENTIAL_FILE_BYTES, "tokenFile"), "tokenFile", path).strip()
+        raw_token = _read_file(os.path.join(base, token_file), MAX_CREDENTIAL_FILE_BYTES, "tokenFile")
+        token = _text(raw_token, "tokenFile", path).strip()
     if token and not _BEARER_TOKEN.fullmatch(token):
         raise InvalidConfig(f"kubeconfig {path}: the user's token is not a bearer token", "RFC 6750 b64token characters only")
     return ApiCredentials(
@@ -152,6 +154,9 @@ def _get(credentials: ApiCredentials, path: str, timeout: float) -> tuple[int, b
     # Built before connecting: unusable TLS material is the config's fault
     # (code 7), not the network's (ssl.SSLError is an OSError).
     context = _tls_context(credentials) if url.scheme == "https" else None
+    # load_kubeconfig accepts only a server URL with a host (_server_url).
+    assert url.hostname is not None
+    connection: http.client.HTTPConnection
     try:
         if context is not None:
             connection = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=timeout, context=context)
@@ -182,7 +187,7 @@ def _pod_too_large(credentials: ApiCredentials, path: str) -> AnycastLimitExceed
     )
 
 
-def _tls_context(credentials: ApiCredentials):
+def _tls_context(credentials: ApiCredentials) -> ssl.SSLContext:
     import ssl
     import tempfile
 
@@ -258,16 +263,26 @@ def _parse_yaml(raw: bytes, path: str) -> Any:
         raise InvalidConfig(f"kubeconfig {path} is neither JSON nor YAML", f"{type(exc).__name__}{where}") from exc
 
 
-def _string(mapping: dict[str, Any], key: str, where: str, path: str, required: bool = True) -> str | None:
+def _string(mapping: dict[str, Any], key: str, where: str, path: str) -> str:
+    """The string at ``key``; raises InvalidConfig when it is missing, empty or not a string."""
+    value = _optional_string(mapping, key, where, path)
+    if value is None:
+        raise InvalidConfig(f"kubeconfig {path}: {_label(where, key)} is missing")
+    return value
+
+
+def _optional_string(mapping: dict[str, Any], key: str, where: str, path: str) -> str | None:
+    """The string at ``key``, None when missing or empty; raises InvalidConfig when it is not a string."""
     value = mapping.get(key)
-    label = f"{where}.{key}" if where else key
     if value is None or value == "":
-        if required:
-            raise InvalidConfig(f"kubeconfig {path}: {label} is missing")
         return None
     if not isinstance(value, str):
-        raise InvalidConfig(f"kubeconfig {path}: {label} is not a string", type(value).__name__)
+        raise InvalidConfig(f"kubeconfig {path}: {_label(where, key)} is not a string", type(value).__name__)
     return value
+
+
+def _label(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def _named(document: dict[str, Any], section: str, name: str, path: str) -> dict[str, Any]:
@@ -294,7 +309,7 @@ def _server_url(server: str, path: str) -> str:
     else:
         try:
             url = urlsplit(server)
-            url.port  # raises ValueError for a port that is not a number in range
+            _ = url.port  # raises ValueError for a port that is not a number in range
         except ValueError:
             problem = "has an invalid port"
         else:
@@ -306,13 +321,13 @@ def _server_url(server: str, path: str) -> str:
 
 
 def _data_or_file(section: dict[str, Any], key: str, base: str, where: str, path: str) -> bytes | None:
-    data = _string(section, f"{key}-data", where, path, required=False)
+    data = _optional_string(section, f"{key}-data", where, path)
     if data:
         try:
             return base64.b64decode(data)
         except (binascii.Error, ValueError) as exc:
             raise InvalidConfig(f"kubeconfig {path}: {where}.{key}-data is not base64") from exc
-    name = _string(section, key, where, path, required=False)
+    name = _optional_string(section, key, where, path)
     if name:
         return _read_file(os.path.join(base, name), MAX_CREDENTIAL_FILE_BYTES, f"{where}.{key}")
     return None

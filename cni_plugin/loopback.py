@@ -21,11 +21,19 @@ import os
 from netconf.errors import NetlinkFailure, PodNetnsUnusable
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~8 ms of an exec; the Protocol is for type checkers
-    from collections.abc import Iterable
-    from typing import Protocol
+if TYPE_CHECKING:  # annotations only: importing typing would cost every exec
+    from collections.abc import Callable, Iterable
+    from typing import Protocol, TypeVar, overload
+
+    from pyroute2.netlink import nlmsg
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
     from netconf.values import IPAddress
+    from rtnetlink.transport import Rtnetlink
+
+    _T = TypeVar("_T")
+    # cni_plugin.rtnl.open_pod_rtnetlink, or a stand-in over a scripted socket.
+    OpenSocket = Callable[[str, int | None], Rtnetlink]
 
 IFA_F_NODAD = 0x02
 IFF_UP = 0x01
@@ -74,7 +82,7 @@ class NetlinkPodLoopback:
     kernel.
     """
 
-    def __init__(self, open_socket=None) -> None:
+    def __init__(self, open_socket: OpenSocket | None = None) -> None:
         self._open_socket = open_socket
 
     def identify(self, netns: str) -> int | None:
@@ -98,9 +106,12 @@ class NetlinkPodLoopback:
         return info.st_ino
 
     def ensure_addresses(self, netns: str, addresses: Iterable[IPAddress], inode: int | None = None) -> None:
+        from functools import partial
+
         from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE
         from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
         from rtnetlink.transport import LinkHeader
 
         with _open_netns(netns, inode, self._open_socket) as rtnl:
@@ -116,9 +127,7 @@ class NetlinkPodLoopback:
                 flags = IFA_F_NODAD if address.version == 6 else 0
                 message = _address_message(ifaddrmsg(), index, address, flags)
                 _netlink(
-                    lambda message=message: rtnl.request(
-                        message, RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
-                    ),
+                    partial(rtnl.request, message, RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE),
                     f"add {address}/{host_prefixlen(address)} to lo in {netns}",
                 )
 
@@ -126,6 +135,8 @@ class NetlinkPodLoopback:
         addresses = list(addresses)
         if not addresses or not netns_exists(netns):
             return
+        from functools import partial
+
         from pyroute2.netlink import NLM_F_ACK
         from pyroute2.netlink.rtnl import RTM_DELADDR
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
@@ -135,7 +146,7 @@ class NetlinkPodLoopback:
             for address in addresses:
                 message = _address_message(ifaddrmsg(), index, address)
                 _netlink(
-                    lambda message=message: rtnl.request(message, RTM_DELADDR, NLM_F_ACK),
+                    partial(rtnl.request, message, RTM_DELADDR, NLM_F_ACK),
                     f"remove {address} from lo in {netns}",
                     tolerate=(errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH),
                 )
@@ -165,12 +176,14 @@ def netns_exists(netns: str) -> bool:
     return bool(netns) and os.path.exists(netns)  # exists() is False for a path with a NUL byte
 
 
-def _open_netns(netns: str, inode: int | None, open_socket=None):
+def _open_netns(netns: str, inode: int | None, open_socket: OpenSocket | None = None) -> Rtnetlink:
     from cni_plugin.rtnl import NamespaceRefused
 
     if open_socket is None:
         # Imported on first use: only ADD, DEL, CHECK and GC talk netlink.
-        from cni_plugin.rtnl import open_pod_rtnetlink as open_socket
+        from cni_plugin.rtnl import open_pod_rtnetlink
+
+        open_socket = open_pod_rtnetlink
 
     if not netns_exists(netns):
         raise PodNetnsUnusable(f"pod network namespace {netns!r} does not exist")
@@ -183,16 +196,17 @@ def _open_netns(netns: str, inode: int | None, open_socket=None):
         raise PodNetnsUnusable(f"cannot enter pod network namespace {netns!r}", repr(exc)) from exc
 
 
-def _loopback_link(rtnl, netns: str) -> tuple[int, int]:
+def _loopback_link(rtnl: Rtnetlink, netns: str) -> tuple[int, int]:
     """Index and IFF_* flags of ``lo``; raises PodNetnsUnusable if there is none."""
     from pyroute2.netlink import NLM_F_ACK
     from pyroute2.netlink.rtnl import RTM_GETLINK
+
     from rtnetlink.transport import LinkHeader, NetlinkError
 
     query = LinkHeader()
     query["attrs"] = [("IFLA_IFNAME", _LOOPBACK)]
 
-    def lookup():
+    def lookup() -> list[nlmsg]:
         try:
             return rtnl.request(query, RTM_GETLINK, NLM_F_ACK)
         except NetlinkError as exc:
@@ -204,7 +218,7 @@ def _loopback_link(rtnl, netns: str) -> tuple[int, int]:
     return link["index"], link["flags"]
 
 
-def _address_message(message, index: int, address: IPAddress, flags: int | None = None):
+def _address_message(message: ifaddrmsg, index: int, address: IPAddress, flags: int | None = None) -> ifaddrmsg:
     """An ifaddrmsg for ``address`` as a host prefix on interface ``index``, as IPRoute builds it."""
     import socket
 
@@ -220,7 +234,16 @@ def _address_message(message, index: int, address: IPAddress, flags: int | None 
     return message
 
 
-def _netlink(operation, what: str, tolerate: tuple[int, ...] = ()):
+if TYPE_CHECKING:
+
+    @overload
+    def _netlink(operation: Callable[[], _T], what: str) -> _T: ...
+    @overload
+    def _netlink(operation: Callable[[], _T], what: str, tolerate: tuple[int, ...]) -> _T | None: ...
+
+
+def _netlink(operation: Callable[[], _T], what: str, tolerate: tuple[int, ...] = ()) -> _T | None:
+    """``operation()``, its NetlinkError as NetlinkFailure; None for an errno in ``tolerate``."""
     from rtnetlink.transport import NetlinkError
 
     try:

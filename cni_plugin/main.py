@@ -12,8 +12,10 @@ import os
 import sys
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~8 ms of every exec
+if TYPE_CHECKING:  # annotations only: importing typing would cost every exec
     from typing import NoReturn
+
+    from netconf.config import FlockBlock
 
 
 def main() -> NoReturn:
@@ -23,30 +25,32 @@ def main() -> NoReturn:
     # A CNI exec lives well under a second and allocates a bounded amount,
     # which reference counting frees as soon as it is unused. The cyclic
     # collector would walk every module, class and model object, again and
-    # again while pydantic and the state file allocate: ~10% of an ADD.
+    # again while the records and the state file allocate, for nothing
+    # (docs/frozen-binary.md, "No cyclic GC, no interpreter teardown").
     gc.disable()
     from cni_plugin.dispatch import run
     from cni_plugin.startup import defer_package_init
 
-    # pyroute2's package __init__ imports all of pyroute2 (~115 ms); the
-    # plugin needs three of its message modules (docs/frozen-binary.md).
+    # pyroute2's package __init__ imports all of pyroute2 (NDB, IPDB,
+    # asyncio...); the plugin needs three of its message modules
+    # (docs/frozen-binary.md).
     defer_package_init("pyroute2")
-    # pydantic-core's __init__ imports core_schema and typing_extensions
-    # (~25 ms); the records need only its compiled extension (netconf.records).
+    # pydantic-core's __init__ imports core_schema and typing_extensions;
+    # the records need only its compiled extension (netconf.records).
     defer_package_init("pydantic_core")
     # Files we create (state, lock, log) are for root only.
     os.umask(0o077)
     code = run(os.environ, sys.stdin.buffer, sys.stdout, setup_logging=configure_logging)
     # The answer is out. End here rather than through the interpreter's
-    # teardown (atexit, a last full GC pass, freeing every module: another
-    # ~10% of an ADD) which does nothing a CNI exec needs: the state file is
-    # fsync'd and closed, sockets are closed, log handlers flush per record.
+    # teardown (atexit, a last full GC pass, freeing every module: a sizeable
+    # share of an ADD) which does nothing a CNI exec needs: the state file
+    # is fsync'd and closed, sockets are closed, log handlers flush per record.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def configure_logging(block=None) -> None:
+def configure_logging(block: FlockBlock | None = None) -> None:
     """Apply the config's ``logLevel`` and ``logFile`` (the dispatcher calls this once it is parsed).
 
     ``logging`` itself is imported only when a record is due

@@ -1,8 +1,8 @@
 """Logging for a plugin exec, importing ``logging`` only when a record is due.
 
 stdout is the protocol, so records go to stderr and, when the config names
-one, to ``logFile``. The stdlib ``logging`` package costs a plugin exec
-~20 ms to import (re, traceback, threading, string, weakref), and at the
+one, to ``logFile``. The stdlib ``logging`` package is costly for a plugin
+exec to import (re, traceback, threading, string, weakref), and at the
 default level (warning) a successful exec logs nothing. So the plugin logs
 through ``PluginLogger``, which compares the level first and sets up
 ``logging`` — handlers, format, level — on the first record that passes.
@@ -15,6 +15,10 @@ once the config is parsed); library code only calls ``get_logger``.
 """
 
 from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing logging is what this module avoids
+    import logging
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _FORMAT = "%(asctime)s flock-anycast[%(process)d] %(levelname)s %(message)s"
@@ -63,7 +67,7 @@ class PluginLogger:
         """An error with the exception being handled (call from an ``except`` block)."""
         self._log(LEVELS["error"], msg, args, exc_info=True)
 
-    def _log(self, level: int, msg: str, args: tuple, exc_info: bool = False) -> None:
+    def _log(self, level: int, msg: str, args: tuple[object, ...], exc_info: bool = False) -> None:
         if level < _threshold:
             return
         _install().getChild(self.name.removeprefix(_ROOT + ".")).log(level, msg, *args, exc_info=exc_info)
@@ -73,7 +77,7 @@ def get_logger(name: str) -> PluginLogger:
     return PluginLogger(name)
 
 
-def _install():
+def _install() -> logging.Logger:
     """Set up ``logging`` for the plugin's records (idempotent); returns the ``flock`` logger."""
     global _installed
     import logging

@@ -8,13 +8,15 @@ around it: which paths are a pod's network namespace, and entering one.
 Why not ``pyroute2.IPRoute(netns=...)`` (what the plugin used first):
 
 * start-up: ``pyroute2.iproute.linux`` imports asyncio, ssl, unittest.mock,
-  every tc and link-kind module and NDB's dependencies, ~75 ms here, for
-  four small requests; the message classes used here cost a few ms.
+  every tc and link-kind module and NDB's dependencies for four small
+  requests; the message classes used here are a small fraction of that
+  (docs/frozen-binary.md).
 * a forked child per socket: pyroute2 0.9 creates a netns socket by forking
   a helper that calls setns() and passes the descriptor back, which keeps
   the caller's thread out of the namespace. That is the right choice in a
-  long-lived threaded process (STYLE rule 8, the reconciler's way) and
-  only overhead in this short-lived, single-threaded one. Here the calling
+  long-lived threaded process, which must never move a thread into another
+  namespace (the reconciler's way), and only overhead in this short-lived,
+  single-threaded one. Here the calling
   thread enters the namespace, creates the socket and returns at once, as
   the Go reference plugins' ``ns.Do`` does; a netlink socket stays bound to
   the namespace it was created in.
@@ -125,7 +127,7 @@ def open_pod_rtnetlink(netns_path: str, inode: int | None = None) -> Rtnetlink:
     return pod_rtnetlink(sock)
 
 
-def pod_rtnetlink(sock) -> Rtnetlink:
+def pod_rtnetlink(sock: socket.socket) -> Rtnetlink:
     """The transport over ``sock`` with the replies the plugin reads.
 
     Links decode as ``LinkHeader`` and addresses as ``ifaddrmsg``: the plugin

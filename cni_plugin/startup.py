@@ -3,7 +3,7 @@
 The runtime execs the plugin for every pod start and stop, so whatever a
 module does at import time is paid on every CNI call. This module holds the
 one import-system adjustment the plugin makes; ``main()`` applies it, never
-an import (STYLE rule 14).
+an import: process-wide state is changed in ``main()`` only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def defer_package_init(name: str) -> None:
 
     For packages whose ``__init__`` eagerly imports every subsystem although
     callers want one submodule: pyroute2's imports NDB, IPDB, conntrack,
-    asyncio and ~300 modules (~115 ms) before ``pyroute2.netlink.rtnl`` can
+    asyncio and ~300 modules before ``pyroute2.netlink.rtnl`` can
     load. The package is registered with its real spec and search path but
     without executing its body; submodules then import normally.
 
@@ -30,7 +30,7 @@ def defer_package_init(name: str) -> None:
     if name in sys.modules:
         return
     # What importlib.util.find_spec and module_from_spec do for a top-level
-    # name; importlib.util itself imports contextlib and more (~6 ms).
+    # name; importlib.util itself imports contextlib and more.
     spec = None
     for finder in sys.meta_path:
         find_spec = getattr(finder, "find_spec", None)
@@ -47,7 +47,7 @@ def defer_package_init(name: str) -> None:
 class _PackageWithDeferredInit(types.ModuleType):
     """A package module whose ``__init__`` runs on the first non-submodule attribute."""
 
-    def __getattr__(self, attribute: str):
+    def __getattr__(self, attribute: str) -> object:
         # Only called for attributes not set yet. The import system sets each
         # submodule on its parent once imported, so this sees names that are
         # either a submodule not imported yet (``from pyroute2 import config``)
@@ -60,6 +60,9 @@ class _PackageWithDeferredInit(types.ModuleType):
                 if exc.name != submodule:
                     raise
         # Become an ordinary module, then run the package body in place.
-        self.__class__ = types.ModuleType
-        self.__spec__.loader.exec_module(self)
+        module: types.ModuleType = self
+        module.__class__ = types.ModuleType
+        spec = self.__spec__
+        assert spec is not None and spec.loader is not None  # registered from the spec a finder returned
+        spec.loader.exec_module(self)
         return getattr(self, attribute)

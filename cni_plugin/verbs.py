@@ -35,6 +35,7 @@ from netconf.values import Allocation, PodRef, utc_now
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up; the Protocols are for type checkers
+    from collections.abc import Iterable
     from datetime import datetime
     from typing import Any, Protocol
 
@@ -362,7 +363,9 @@ def _recorded_netns_alive(context: VerbContext, record: Allocation) -> bool:
     return inode is not None and (record.netns_inode is None or inode == record.netns_inode)
 
 
-def _release_addresses(context: VerbContext, transaction: Transaction, record: Allocation, addresses) -> None:
+def _release_addresses(
+    context: VerbContext, transaction: Transaction, record: Allocation, addresses: Iterable[IPAddress]
+) -> None:
     """Remove ``addresses`` from ``record``'s ``lo``, except those another attachment there still claims.
 
     A pod with two attachments (two networks, each passing the pod's
@@ -399,7 +402,7 @@ def _same_netns(one: Allocation, other: Allocation) -> bool:
     return one.netns == other.netns  # a record written before inodes were
 
 
-def _union(first, second) -> tuple[IPAddress, ...]:
+def _union(first: Iterable[IPAddress], second: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
     return tuple(dict.fromkeys((*first, *second)))
 
 

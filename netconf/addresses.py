@@ -13,7 +13,7 @@ import ipaddress
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from netconf.values import IPAddress
+    from netconf.values import IPAddress, IPNetwork
 
 # Never routable as a unicast service address, whatever the pools say.
 _CLASS_E = ipaddress.IPv4Network("240.0.0.0/4")  # includes 255.255.255.255
@@ -44,7 +44,7 @@ def special_address_reason(address: IPAddress) -> str | None:
     return None
 
 
-def usable_in_pool(address: IPAddress, pool) -> bool:
+def usable_in_pool(address: IPAddress, pool: IPNetwork) -> bool:
     """Whether ``address`` (inside ``pool``) is a host address the pool may hand out.
 
     A pool's network and broadcast addresses (IPv4), and its Subnet-Router
@@ -60,7 +60,7 @@ def usable_in_pool(address: IPAddress, pool) -> bool:
     return address.version == 6 or address != pool.broadcast_address
 
 
-def pool_edge_name(address: IPAddress, pool) -> str:
+def pool_edge_name(address: IPAddress, pool: IPNetwork) -> str:
     """``network``, ``broadcast`` or ``Subnet-Router anycast``: which edge of ``pool`` an unusable address is."""
     if address.version == 6:
         return "Subnet-Router anycast"

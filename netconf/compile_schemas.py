@@ -44,7 +44,7 @@ import re
 import sys
 import types
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer, create_model
 from pydantic.fields import FieldInfo
@@ -62,6 +62,17 @@ Compiled from the record classes of {modules}.
 Read by netconf.records, which builds pydantic-core validators and serializers
 from them; see netconf/compile_schemas.py for how they are derived.
 """
+
+from __future__ import annotations
+'''
+
+# After the imports of the functions and classes the schemas name.
+TYPE_IMPORTS = '''
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing would cost every plugin exec that validates a record
+    from typing import Any
+
+    from pydantic_core.core_schema import CoreSchema
 '''
 
 # How the generated encoders write values that JSON has no type for, as
@@ -126,9 +137,11 @@ class _ModelBuilder:
             attribute = next((owner.__dict__[name] for owner in record.__mro__ if name in owner.__dict__), None)
             if isinstance(attribute, (property, classmethod, staticmethod, types.FunctionType)):
                 raise SystemExit(f"{record.__qualname__}.{name} is a field and also a {type(attribute).__name__}")
-        model = create_model(
+        # The class keywords are model config, checked by pydantic when it builds the model.
+        config = cast(ConfigDict, dict(record.__record_config__))
+        model: type[BaseModel] = create_model(
             record.__name__,
-            __config__=ConfigDict(**record.__record_config__),  # type: ignore[typeddict-item]
+            __config__=config,
             __doc__=record.__doc__,
             __module__=record.__module__,
             **fields,
@@ -164,7 +177,7 @@ class _ModelBuilder:
         return self.namespaces[module_name]
 
 
-class _RecordsAsModels(dict):
+class _RecordsAsModels(dict[str, Any]):
     """A module namespace in which each record class stands for its pydantic model."""
 
     def __init__(self, namespace: dict[str, Any], builder: _ModelBuilder) -> None:
@@ -206,8 +219,8 @@ def compile_all() -> str:
     for module in sorted({module for module, _ in imports} - {"builtins"}):
         names = ", ".join(sorted(name for mod, name in imports if mod == module))
         lines.append(f"from {module} import {names}")
-    lines.append("")
-    lines.append("SCHEMAS = {")
+    lines.append(TYPE_IMPORTS)
+    lines.append("SCHEMAS: dict[str, CoreSchema] = {")
     for name, schema in schemas.items():
         lines.append(f"    {name!r}: {_render(schema, 1)},")
     lines.append("}")
@@ -219,9 +232,15 @@ def _ref_prefix(model: type[BaseModel]) -> str:
     return f"{model.__module__}.{model.__qualname__}:"
 
 
-def _rewrite(value: Any, path: tuple, ref_names: dict[str, str], imports: set, records: dict) -> Any:
+def _rewrite(
+    value: Any,
+    path: tuple[str | int, ...],
+    ref_names: dict[str, str],
+    imports: set[tuple[str, str]],
+    records: dict[type[BaseModel], type[Record]],
+) -> Any:
     if isinstance(value, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for key, item in value.items():
             if key == "metadata":
                 continue
@@ -245,7 +264,7 @@ def _rewrite(value: Any, path: tuple, ref_names: dict[str, str], imports: set, r
     raise SystemExit(f"cannot compile {type(value).__name__} {value!r} at {'/'.join(map(str, path))}")
 
 
-def _importable(function: Any, path: tuple, imports: set) -> _Name:
+def _importable(function: Any, path: tuple[str | int, ...], imports: set[tuple[str, str]]) -> _Name:
     module = getattr(function, "__module__", None)
     name = getattr(function, "__qualname__", "")
     if module == "builtins" and getattr(builtins, name, None) is function:
@@ -283,7 +302,7 @@ def _render(value: Any, depth: int) -> str:
 class _Encoders:
     """Generated JSON encoders: one function per record, ``fields`` (a record's ``__dict__``) -> JSON-ready dict."""
 
-    def __init__(self, record_models: dict[type[Record], type[BaseModel]], imports: set) -> None:
+    def __init__(self, record_models: dict[type[Record], type[BaseModel]], imports: set[tuple[str, str]]) -> None:
         self.record_models = record_models
         self.records = {model: record for record, model in record_models.items()}
         self.imports = imports
@@ -298,7 +317,7 @@ class _Encoders:
         if model.model_config.get("extra") == "allow":
             raise SystemExit(f"{record.__qualname__} keeps unknown keys: no encoder can be generated for it")
         self.functions[name] = []  # claimed, so that a cycle ends
-        lines = [f"def {name}(fields):", "    return {"]
+        lines = [f"def {name}(fields: dict[str, Any]) -> dict[str, Any]:", "    return {"]
         for field_name, field in model.model_fields.items():
             where = f"{record.__qualname__}.{field_name}"
             key = field.serialization_alias or field.alias or field_name

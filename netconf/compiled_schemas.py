@@ -5,12 +5,20 @@ Read by netconf.records, which builds pydantic-core validators and serializers
 from them; see netconf/compile_schemas.py for how they are derived.
 """
 
+from __future__ import annotations
+
 from netconf.config import CniArgs, ConfigArgs, FlockBlock, NetworkConfig, RuntimeConfig, absolute_path, file_path, format_network, parse_pool
 from netconf.records import format_datetime
 from netconf.results import IPConfig, Interface, Result, Route, check_interface_address
 from netconf.values import Allocation, AllocationFile, LegacyStateDocument, PodRef, format_ip_address, parse_ip_address
 
-SCHEMAS = {
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing would cost every plugin exec that validates a record
+    from typing import Any
+
+    from pydantic_core.core_schema import CoreSchema
+
+SCHEMAS: dict[str, CoreSchema] = {
     'FlockBlock': {
         'type': 'model',
         'cls': FlockBlock,
@@ -1888,14 +1896,14 @@ SCHEMAS = {
 }
 
 
-def _encode_AllocationFile(fields):
+def _encode_AllocationFile(fields: dict[str, Any]) -> dict[str, Any]:
     return {
         'version': fields['version'],
         'allocation': _encode_Allocation(fields['allocation'].__dict__),
     }
 
 
-def _encode_Allocation(fields):
+def _encode_Allocation(fields: dict[str, Any]) -> dict[str, Any]:
     return {
         'network': fields['network'],
         'containerID': fields['container_id'],
@@ -1911,7 +1919,7 @@ def _encode_Allocation(fields):
     }
 
 
-def _encode_PodRef(fields):
+def _encode_PodRef(fields: dict[str, Any]) -> dict[str, Any]:
     return {
         'namespace': fields['namespace'],
         'name': fields['name'],

@@ -27,7 +27,7 @@ class CniError(Exception):
         self.msg = msg
         self.details = details
 
-    def to_json(self, cni_version: str) -> dict:
+    def to_json(self, cni_version: str) -> dict[str, str | int]:
         return {
             "cniVersion": cni_version,
             "code": self.code,

@@ -1,4 +1,4 @@
-"""Atomic file replacement (STYLE rule 10), shared by the state store, install-cni and the BIRD exporter.
+"""Atomic file replacement, shared by the state store, install-cni and the BIRD exporter.
 
 A reader — the reconciler listing state records, BIRD re-reading its
 config, libcni loading a conflist — must see the old file or the new one,
@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import os
 import stat
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from io import TextIOWrapper
 
 
 def replace_file(
@@ -147,7 +151,7 @@ def read_regular_file(path: str, limit: int, *, dir_fd: int | None = None, follo
         os.close(descriptor)
 
 
-def open_for_append(path: str):
+def open_for_append(path: str) -> TextIOWrapper:
     """A regular file opened for appending as a UTF-8 text stream, created 0600 if missing.
 
     Never through a symlink (O_NOFOLLOW, and lstat first): root appending

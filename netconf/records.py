@@ -18,15 +18,16 @@ core schema, with the record class in place of the model, to
 serialised by pydantic-core's ``SchemaValidator`` and ``SchemaSerializer``
 built from those schemas: the same validation, the same error messages,
 the same values as the models — without importing pydantic, whose import
-and first schema build cost a plugin exec ~60% of its instructions
-(docs/frozen-binary.md). For records declared with ``encoder=True`` the
+and first schema build would be most of a plugin exec's work
+(docs/frozen-binary.md, "pydantic validates at build time, pydantic-core
+at run time"). For records declared with ``encoder=True`` the
 compiler also writes a plain JSON encoder (``encode_json``), which keeps
 pydantic-core's serializer off the plugin's path.
 
 ``pydantic_core._pydantic_core`` (the compiled extension) is imported
 lazily, on the first validation. The plugin's ``main()`` registers the
 ``pydantic_core`` package without running its ``__init__``, which would
-import ``core_schema`` and ``typing_extensions`` (~25 ms) for nothing.
+import ``core_schema`` and ``typing_extensions`` for nothing.
 
 Pure: no I/O.
 """
@@ -34,48 +35,51 @@ Pure: no I/O.
 from __future__ import annotations
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~8 ms of a plugin exec; annotations only
+if TYPE_CHECKING:  # annotations only: importing typing would cost every plugin exec
     from collections.abc import Sequence
     from datetime import datetime
     from typing import Any, Self
 
-_validators: dict[type, Any] = {}
-_serializers: dict[type, Any] = {}
+    from pydantic_core._pydantic_core import SchemaSerializer, SchemaValidator, ValidationError
+    from pydantic_core.core_schema import CoreSchema
+
+_validators: dict[type[Record], SchemaValidator] = {}
+_serializers: dict[type[Record], SchemaSerializer] = {}
 
 
-def _core():
-    from pydantic_core import _pydantic_core
-
-    return _pydantic_core
-
-
-def _schema(record_class: type) -> dict:
+def _schema(record_class: type[Record]) -> CoreSchema:
     from netconf.compiled_schemas import SCHEMAS
 
     return SCHEMAS[record_class.__name__]
 
 
-def validator_for(record_class: type):
-    """The SchemaValidator of a record class, built on first use (~0.2 ms)."""
+def validator_for(record_class: type[Record]) -> SchemaValidator:
+    """The SchemaValidator of a record class, built on first use (cheap: the schema is compiled already)."""
     validator = _validators.get(record_class)
     if validator is None:
-        validator = _validators[record_class] = _core().SchemaValidator(_schema(record_class))
+        from pydantic_core._pydantic_core import SchemaValidator
+
+        validator = _validators[record_class] = SchemaValidator(_schema(record_class))
     return validator
 
 
-def serializer_for(record_class: type):
+def serializer_for(record_class: type[Record]) -> SchemaSerializer:
     serializer = _serializers.get(record_class)
     if serializer is None:
-        serializer = _serializers[record_class] = _core().SchemaSerializer(_schema(record_class))
+        from pydantic_core._pydantic_core import SchemaSerializer
+
+        serializer = _serializers[record_class] = SchemaSerializer(_schema(record_class))
     return serializer
 
 
-def validation_error_class() -> type[Exception]:
+def validation_error_class() -> type[ValidationError]:
     """pydantic-core's ValidationError (the class ``pydantic.ValidationError`` also is)."""
-    return _core().ValidationError
+    from pydantic_core._pydantic_core import ValidationError
+
+    return ValidationError
 
 
-def describe_validation_error(exc: Any, root: str = "") -> str:
+def describe_validation_error(exc: ValidationError, root: str = "") -> str:
     """``location: message`` for each error of a (pydantic or pydantic-core) ValidationError, joined by ``; ``.
 
     The one place validation errors become text: ``details`` of the CNI
@@ -90,7 +94,7 @@ def error_location(loc: Sequence[str | int], root: str = "") -> str:
     return ".".join([root, *map(str, loc)] if root else map(str, loc)) or "<top>"
 
 
-def encode_json(record_class: type, fields: dict[str, Any]) -> dict[str, Any]:
+def encode_json(record_class: type[Record], fields: dict[str, Any]) -> dict[str, Any]:
     """The JSON form, by alias, of a ``record_class`` record with these field values.
 
     What ``dump(mode="json", by_alias=True)`` gives, built by code the
@@ -139,6 +143,9 @@ class Record:
     """
 
     __slots__ = ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
+    # Declared for type checkers only (no value: the slots above hold them).
+    __pydantic_fields_set__: set[str]
+    __pydantic_extra__: dict[str, Any] | None
     __record_config__: dict[str, Any] = {}
     __record_encoder__ = False
 
@@ -152,18 +159,23 @@ class Record:
 
     @classmethod
     def validate(cls, data: Any, *, strict: bool | None = None) -> Self:
-        return validator_for(cls).validate_python(data, strict=strict)
+        record: Self = validator_for(cls).validate_python(data, strict=strict)  # the validator builds a ``cls``
+        return record
 
     @classmethod
     def validate_json(cls, raw: bytes | str, *, strict: bool | None = None) -> Self:
-        return validator_for(cls).validate_json(raw, strict=strict)
+        record: Self = validator_for(cls).validate_json(raw, strict=strict)
+        return record
 
     def replace(self, **changes: Any) -> Self:
         """A validated copy with some fields changed (by field name)."""
         return self.validate({**self.__dict__, **(self.__pydantic_extra__ or {}), **changes})
 
     def dump(self, *, mode: str = "python", by_alias: bool = False, exclude_unset: bool = False) -> dict[str, Any]:
-        return serializer_for(type(self)).to_python(self, mode=mode, by_alias=by_alias, exclude_unset=exclude_unset)
+        document: dict[str, Any] = serializer_for(type(self)).to_python(
+            self, mode=mode, by_alias=by_alias, exclude_unset=exclude_unset
+        )
+        return document
 
     def dump_json(self, *, by_alias: bool = False, indent: int | None = None) -> bytes:
         return serializer_for(type(self)).to_json(self, by_alias=by_alias, indent=indent)
