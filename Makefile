@@ -6,7 +6,7 @@ DEB_PACKAGES := iproute2 procps containernetworking-plugins golang-go golang-git
                 bird2 frr iputils-ping
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv schemas build test unit demo bench conformance clean
+.PHONY: all deps venv schemas build lint test unit demo bench conformance clean
 
 all: test
 
@@ -29,11 +29,17 @@ schemas: venv
 build: venv
 	$(PY) build/build_plugin.py
 
+# Lint and types (settings in pyproject.toml: [tool.ruff], [tool.mypy]); no root needed.
+# mypy checks the product packages strictly and the fakes' protocol conformance.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 # Unit tier only: no root, no namespaces.
 unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-test: deps venv build
+test: lint deps venv build
 	FLOCK_REQUIRE_FROZEN=1 $(VENV)/bin/pytest tests $(PYTEST_ARGS)
 
 demo: deps venv
@@ -45,5 +51,9 @@ bench: deps venv build
 	$(PY) benchmarks/reconciler_bench.py
 	$(PY) benchmarks/state_read_bench.py
 
+# PyInstaller's output (build/dist, build/work), setuptools' (.setuptools-build, the
+# egg-info; build/lib and build/bdist.* from a setuptools too old to read
+# [tool.distutils.build]), the venv and the tools' caches.
 clean:
-	rm -rf build/dist build/work $(VENV) .pytest_cache
+	rm -rf build/dist build/work .setuptools-build build/lib build/bdist.* *.egg-info \
+	       $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -50,9 +50,9 @@ from types import ModuleType
 from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from lab.netns import Netns, create_netns, delete_netns, wire_pod
 from reconciler.desired import IPAddress, IPNetwork, NextHop
 from reconciler.kernel import KernelRoutes
-from lab.netns import Netns, create_netns, delete_netns, wire_pod
 
 PROTOCOL = 70
 TABLE = 254
@@ -230,10 +230,13 @@ def benchmark(impls: dict[str, object], checker: object, sizes: Iterable[int]) -
             row = Row(label)
             batches = {name: chunks(targets[name], CHUNK) for name in impls}
             for number, name, impl in interleaved(impls, len(batches[next(iter(impls))])):
-                row.add(name, len(batches[name][number]), *timed(lambda: [impl.ensure_route(p, hops) for p in batches[name][number]]))
+                batch = batches[name][number]
+                row.add(name, len(batch), *timed(
+                    lambda impl=impl, batch=batch, hops=hops: [impl.ensure_route(p, hops) for p in batch]))
             expect({prefix: hops for name in impls for prefix in targets[name]}, label)
             for number, name, impl in interleaved(impls, len(batches[next(iter(impls))])):
-                delete_row.add(name, len(batches[name][number]), *timed(lambda: [impl.delete_route(p) for p in batches[name][number]]))
+                batch = batches[name][number]
+                delete_row.add(name, len(batch), *timed(lambda impl=impl, batch=batch: [impl.delete_route(p) for p in batch]))
             expect({}, f"delete after {label}")
             rows.append(row)
             print(f"  done: {label}", file=sys.stderr, flush=True)
@@ -250,7 +253,7 @@ def benchmark(impls: dict[str, object], checker: object, sizes: Iterable[int]) -
     row = Row(f"list_routes of {DUMP_PREFIXES} prefixes (per route; x{DUMP_ROUNDS})")
     for _number, name, impl in interleaved(impls, DUMP_ROUNDS):
         listed: dict = {}
-        row.add(name, DUMP_PREFIXES, *timed(lambda: listed.update(impl.list_routes())))
+        row.add(name, DUMP_PREFIXES, *timed(lambda listed=listed, impl=impl: listed.update(impl.list_routes())))
         if listed != reference:
             raise SystemExit(f"{name}: list_routes differs from the baseline's")
     rows.append(row)
@@ -266,7 +269,7 @@ def benchmark(impls: dict[str, object], checker: object, sizes: Iterable[int]) -
                 raise SystemExit(f"{name}: device_for({address}) is not a pod veth")
 
     for _number, name, impl in interleaved(impls, LOOKUPS // CHUNK):
-        row.add(name, CHUNK, *timed(lambda: lookup(name, impl)))
+        row.add(name, CHUNK, *timed(lambda name=name, impl=impl: lookup(name, impl)))
     rows.append(row)
     for prefix in reference:
         checker.delete_route(prefix)
@@ -288,7 +291,7 @@ def print_table(rows: list[Row], names: list[str]) -> None:
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for number, line in enumerate(lines):
-        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |")
+        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) + " |")
         if number == 0:
             print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
     print(

@@ -47,10 +47,11 @@ Targets (issue 4): frozen ADD and DEL median <= 20 ms; first step <= 60 ms.
 
 Run as root from the repository: ``.venv/bin/python benchmarks/plugin_startup.py
 [--runs 30] [--baseline PATH] [--lock-timeout S] [--concurrent-build frozen|source|none]
-[--json] [--instructions]``. Exit status 1 only for wrong results, never for slow ones. The plugin processes run inside the lab's host
-netns (this process enters it for the measurement, so no ``nsenter`` sits
-between spawn and plugin); nothing touches the root namespace. Namespaces
-and the temp state directory are removed on exit, also on failure.
+[--json] [--instructions]``. Exit status 1 only for wrong results, never for slow ones.
+The plugin processes run inside the lab's host netns (this process enters it
+for the measurement, so no ``nsenter`` sits between spawn and plugin); nothing
+touches the root namespace. Namespaces and the temp state directory are
+removed on exit, also on failure.
 """
 
 from __future__ import annotations
@@ -78,11 +79,11 @@ if REPO not in sys.path:  # run as a script: benchmarks/plugin_startup.py
 
 from pyroute2 import netns as pyroute2_netns  # noqa: E402
 
-from netconf.state import StateStore
-from netconf.values import Allocation, PodRef, utc_now
 from lab.cni import Invocation, PluginRun, exec_plugin, reference_plugin  # noqa: E402
 from lab.netns import Netns, create_netns, delete_netns  # noqa: E402
 from lab.plugin import FROZEN_BINARY, SOURCE_BINARY  # noqa: E402
+from netconf.state import StateStore  # noqa: E402
+from netconf.values import Allocation, PodRef, utc_now  # noqa: E402
 
 NETWORK = "benchnet"
 POOLS = ["2001:db8:a::/48", "198.18.0.0/15"]
@@ -176,7 +177,10 @@ def fill_state(state_dir: str, count: int) -> None:
                     netns=f"/run/netns/gone-{number:05d}",
                     pod=PodRef(namespace="bench", name=f"other-{number}", uid=f"uid-{number}"),
                     anycast=(ipaddress.ip_address(v6_base + number), ipaddress.ip_address(v4_base + number)),
-                    pod_ips=(ipaddress.ip_address(f"10.245.{number // 250}.{number % 250 + 1}"), ipaddress.ip_address(f"fd00:245::{number + 1:x}")),
+                    pod_ips=(
+                        ipaddress.ip_address(f"10.245.{number // 250}.{number % 250 + 1}"),
+                        ipaddress.ip_address(f"fd00:245::{number + 1:x}"),
+                    ),
                     state="committed",
                     created_at=now,
                     updated_at=now,
@@ -189,7 +193,8 @@ def plugin_cases(label: str, binary: str, state_dir: str, pod: Netns) -> list[Ca
     container = f"bench-{label}"
 
     def invocation(command: str) -> Invocation:
-        return Invocation(command=command, container_id=container, netns=pod.path, args=f"IgnoreUnknown=1;FLOCK_ANYCAST={ANYCAST}")
+        args = f"IgnoreUnknown=1;FLOCK_ANYCAST={ANYCAST}"
+        return Invocation(command=command, container_id=container, netns=pod.path, args=args)
 
     return [
         Case(f"{label} ADD", binary, invocation("ADD"), config, "loopback ADD"),
@@ -246,7 +251,7 @@ def concurrent_adds(binary: str, state_dir: str, pods: list[Netns], lock_timeout
     for pod in pods:
         with pod.iproute() as ipr:
             present = {message.get("IFA_ADDRESS") for message in ipr.get_addr(index=ipr.link_lookup(ifname="lo")[0])}
-        for container, job_pod, anycast in jobs:
+        for _container, job_pod, anycast in jobs:
             if job_pod == pod and set(anycast.split(",")) <= present:
                 on_lo += 1
     del_seconds, deleted = launch("DEL")
@@ -342,8 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         python = base_interpreter()
         python_pass = Invocation(command="VERSION")
         cases = [
-            Case("loopback DEL (Go)", loopback, Invocation(command="DEL", container_id="bench-go", netns=pod.path), go_config, "loopback DEL", expect_stdout=False),
-            Case("loopback ADD (Go)", loopback, Invocation(command="ADD", container_id="bench-go", netns=pod.path), go_config, "loopback ADD"),
+            Case("loopback DEL (Go)", loopback, Invocation(command="DEL", container_id="bench-go", netns=pod.path),
+                 go_config, "loopback DEL", expect_stdout=False),
+            Case("loopback ADD (Go)", loopback, Invocation(command="ADD", container_id="bench-go", netns=pod.path),
+                 go_config, "loopback ADD"),
             Case(
                 "python3 -I -S -c pass", python, python_pass, b"", "loopback ADD", expect_stdout=False,
                 execute=lambda: _exec_argv([python, "-I", "-S", "-c", "pass"], python_pass),
@@ -359,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         entered = True
         print(f"measuring {len(cases)} cases x {args.runs} runs, state with {OTHER_ALLOCATIONS} allocations", file=sys.stderr)
         measure(cases, args.runs)
-        instructions = count_instructions([case for case in cases if case.name.split()[0] in builds]) if args.instructions else None
+        instructions = None
+        if args.instructions:
+            instructions = count_instructions([case for case in cases if case.name.split()[0] in builds])
         concurrent = None
         if args.concurrent_build != "none":
             print(f"{CONCURRENT_PODS} concurrent ADDs then DELs ({args.concurrent_build})", file=sys.stderr)
@@ -373,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
             delete_netns(namespace)
         shutil.rmtree(state_dir, ignore_errors=True)
 
-    reference = {name: next(c for c in cases if c.name.startswith(name)).summary()["median_ms"] for name in ("loopback ADD", "loopback DEL")}
+    reference = {
+        name: next(c for c in cases if c.name.startswith(name)).summary()["median_ms"]
+        for name in ("loopback ADD", "loopback DEL")
+    }
     print()
     print(f"flock-anycast start-up, {args.runs} runs per case, state with {OTHER_ALLOCATIONS} other allocations")
     print(f"frozen: {os.path.realpath(args.frozen)}   source: {args.source}   python: {base_interpreter()}")

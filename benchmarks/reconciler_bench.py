@@ -31,8 +31,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from netconf.state import StateStore
-from netconf.values import Allocation, PodRef, utc_now
 from lab.daemons import wait_until
 from lab.topology import (
     NETWORK_NAME,
@@ -42,6 +40,8 @@ from lab.topology import (
     RouteMonitor,
     host_prefix,
 )
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef, utc_now
 
 FLIP6 = "2001:db8:a::53"
 FLIP4 = "192.0.2.53"
@@ -85,13 +85,13 @@ def _ms(seconds: float) -> str:
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     print(f"\n{title}")
-    line = "  ".join(str(h).ljust(w) for h, w in zip(header, widths))
+    line = "  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))
     print(line)
     print("-" * len(line))
     for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 # --------------------------------------------------------------------------

@@ -24,8 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a script
     sys.path.insert(0, REPO)
 
-from netconf.state import StateStore
-from netconf.values import Allocation, PodRef, utc_now
+from netconf.state import StateStore  # noqa: E402
+from netconf.values import Allocation, PodRef, utc_now  # noqa: E402
 
 
 def fill(store: StateStore, count: int) -> None:

@@ -54,13 +54,17 @@ class Chain:
         return Invocation(command=command, container_id=container_id, netns=netns, ifname="eth0", args=args)
 
     def main_add(self, container_id: str, pod: Netns) -> dict[str, Any]:
-        result = exec_plugin(reference_plugin("ptp"), self.invocation("ADD", container_id, pod.path), self.main_config(), host=self.host).ok()
+        result = exec_plugin(
+            reference_plugin("ptp"), self.invocation("ADD", container_id, pod.path), self.main_config(), host=self.host
+        ).ok()
         # What a runtime hands the next plugin: the result in the list's version.
         result["cniVersion"] = self.cni_version
         return result
 
     def main_del(self, container_id: str, netns: str) -> PluginRun:
-        return exec_plugin(reference_plugin("ptp"), self.invocation("DEL", container_id, netns), self.main_config(), host=self.host)
+        return exec_plugin(
+            reference_plugin("ptp"), self.invocation("DEL", container_id, netns), self.main_config(), host=self.host
+        )
 
     def flock(self, command: str, container_id: str, netns: str, prev_result=None, args: str = "", **extra: Any) -> PluginRun:
         return exec_plugin(
@@ -73,7 +77,10 @@ class Chain:
 
 def containerd_args(namespace: str, name: str, uid: str = "", anycast: str = "") -> str:
     """CNI_ARGS shaped the way containerd sends them, plus our optional key."""
-    args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=infra{name};K8S_POD_UID={uid or name + '-uid'}"
+    args = (
+        f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
+        f"K8S_POD_INFRA_CONTAINER_ID=infra{name};K8S_POD_UID={uid or name + '-uid'}"
+    )
     if anycast:
         args += f";FLOCK_ANYCAST={anycast}"
     return args

@@ -255,7 +255,10 @@ def _matches(pod: dict[str, Any], namespace: str | None, node: str | None) -> bo
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code,
+    }
 
 
 def _handler_for(api: FakeApiServer):
@@ -397,7 +400,8 @@ def _handler_for(api: FakeApiServer):
                             self._chunk({"type": kind, "object": pod})
                     if bookmark_due:
                         position = max(position, current)
-                        self._chunk({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": str(position)}}})
+                        marker = {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": str(position)}}
+                        self._chunk({"type": "BOOKMARK", "object": marker})
             except (BrokenPipeError, ConnectionResetError, OSError):
                 self.close_connection = True
             finally:

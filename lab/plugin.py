@@ -19,7 +19,11 @@ def plugin_builds() -> dict[str, str]:
     return {"source": SOURCE_BINARY, "frozen": FROZEN_BINARY}
 
 
-def make_bin_dir(directory: str, flock_binary: str, reference: tuple[str, ...] = ("ptp", "host-local", "bandwidth", "tuning", "portmap", "loopback")) -> str:
+def make_bin_dir(
+    directory: str,
+    flock_binary: str,
+    reference: tuple[str, ...] = ("ptp", "host-local", "bandwidth", "tuning", "portmap", "loopback"),
+) -> str:
     """A CNI_PATH directory with ``flock-anycast`` and the reference plugins, as symlinks."""
     os.makedirs(directory, exist_ok=True)
     os.symlink(flock_binary, os.path.join(directory, "flock-anycast"))

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tests.conformance.spec import Deviation
 from lab.netns import Netns
+from tests.conformance.spec import Deviation
 
 DEFAULT_TIMEOUT = 30.0
 

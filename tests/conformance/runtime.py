@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab.cni import Invocation, exec_plugin, ptp_config, reference_plugin
+from lab.netns import Netns, create_netns, delete_netns
 from tests.conformance.execution import PluginCall, run_plugin
 from tests.conformance.settings import HarnessSettings, substitute_tmpdir
 from tests.conformance.spec import (
@@ -31,8 +33,6 @@ from tests.conformance.spec import (
     VALID_ATTACHMENTS_KEY,
     at_least,
 )
-from lab.cni import Invocation, exec_plugin, ptp_config, reference_plugin
-from lab.netns import Netns, create_netns, delete_netns
 
 # The chain's main plugin (Debian's ptp + host-local) stops at spec 1.0.0; a
 # 1.0.0 result is a valid 1.1.0 result (1.1.0 only adds optional fields), so

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.conformance.spec import SPEC_VERSIONS, parse_versions
 from lab.cni import REFERENCE_PLUGIN_DIR
+from tests.conformance.spec import SPEC_VERSIONS, parse_versions
 
 TMPDIR_PLACEHOLDER = "{tmpdir}"
 DEFAULT_NETWORK_NAME = "cni-conformance"

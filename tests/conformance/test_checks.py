@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable
 
+from lab.netns import Netns, delete_netns
 from tests.conformance.execution import PluginCall
 from tests.conformance.registry import CheckContext, check, unsupported_version_reason
 from tests.conformance.results import add_result_problems, prev_result_problems
@@ -30,7 +31,6 @@ from tests.conformance.spec import (
     Deviation,
     at_least,
 )
-from lab.netns import Netns, delete_netns
 
 UNSUPPORTED_VERSION = "9.9.9"
 
@@ -169,7 +169,7 @@ def test_container_id_rules(conformance: CheckContext) -> None:
     for command, container_id in probes:
         environ, config = rejection(conformance, command, container_id=container_id)
         collect(failures, f"{command} {container_id!r}",
-                lambda: runtime.invoke(environ, config).expect_error_code(INVALID_ENVIRONMENT))
+                lambda environ=environ, config=config: runtime.invoke(environ, config).expect_error_code(INVALID_ENVIRONMENT))
     raise_collected(failures, len(probes), "invalid container IDs not refused with code 4")
 
 
@@ -181,7 +181,7 @@ def test_ifname_rules(conformance: CheckContext) -> None:
     for ifname in INVALID_IFNAMES:
         environ, config = rejection(conformance, "ADD", ifname=ifname)
         collect(failures, f"ADD {ifname!r}",
-                lambda: runtime.invoke(environ, config).expect_error_code(INVALID_ENVIRONMENT))
+                lambda environ=environ, config=config: runtime.invoke(environ, config).expect_error_code(INVALID_ENVIRONMENT))
     collect(failures, f"ADD with the longest valid name {LONGEST_IFNAME!r}", lambda: runtime.add(LONGEST_IFNAME))
     raise_collected(failures, len(INVALID_IFNAMES) + 1, "interface-name probes deviate")
 
@@ -195,7 +195,8 @@ def test_env_invalid_value_named(conformance: CheckContext) -> None:
     for variable, bad_value in probes.items():
         environ, config = rejection(conformance, "ADD", **bad_value)
         collect(failures, f"invalid {variable}",
-                lambda: runtime.invoke(environ, config).expect_error_code(INVALID_ENVIRONMENT, (variable,)))
+                lambda environ=environ, config=config, variable=variable:
+                    runtime.invoke(environ, config).expect_error_code(INVALID_ENVIRONMENT, (variable,)))
     raise_collected(failures, len(probes), "errors for invalid variables do not name them")
 
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from tests.conformance.spec import SPEC_VERSIONS
 from lab.netns import TEST_PREFIX, list_lab_namespaces
 from lab.plugin import FROZEN_BINARY
+from tests.conformance.spec import SPEC_VERSIONS
 
 pytestmark = [
     pytest.mark.root,

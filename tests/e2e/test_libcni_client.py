@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from netconf.state import StateStore
-from tests.e2e.libcni import ClientBuildError, ClientRun, build_client, run_client
 from lab.netns import Netns
 from lab.plugin import REPO, make_bin_dir
+from netconf.state import StateStore
+from tests.e2e.libcni import ClientBuildError, ClientRun, build_client, run_client
 
 NETWORK = "flocknet"
 POOLS = ["2001:db8:a::/64", "192.0.2.0/24"]
@@ -183,7 +183,9 @@ def test_add_check_del_through_libcni(runtime, make_netns, version, source):
     assert result["cniVersion"] == version
     result_ips = [ipaddress.ip_interface(ip["address"]) for ip in result["ips"]]
     assert [ip.version for ip in result_ips] == [4, 6]
-    on_eth0 = [(address, prefixlen) for address, prefixlen in addresses(pod, "eth0") if not ipaddress.ip_address(address).is_link_local]
+    on_eth0 = [
+        (address, prefixlen) for address, prefixlen in addresses(pod, "eth0") if not ipaddress.ip_address(address).is_link_local
+    ]
     assert [(str(ip.ip), ip.network.prefixlen) for ip in result_ips] == on_eth0
     assert [ip["gateway"] for ip in result["ips"]] == ["10.244.0.1", "fd00:244::1"]
     assert {ip["interface"] for ip in result["ips"]} == {1}

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from lab.daemons import wait_until
+from lab.topology import NETWORK_NAME, ROUTER_UPLINK4, ROUTER_UPLINK6, Lab, Pod, PrefixWatcher, host_prefix
 from netconf.state import StateStore
 from netconf.values import Allocation, PodRef
 from tests.e2e.test_reconciler_lab import (
@@ -31,8 +33,6 @@ from tests.e2e.test_reconciler_lab import (
     wait_routed,
     wait_unrouted,
 )
-from lab.daemons import wait_until
-from lab.topology import NETWORK_NAME, ROUTER_UPLINK4, ROUTER_UPLINK6, Lab, Pod, PrefixWatcher, host_prefix
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -124,7 +124,7 @@ def test_not_ready_while_bird_is_down_is_never_advertised_again(reconciler_lab: 
     lab = reconciler_lab
     lab.drain_delay = 0.5
     pod_a = lab.add_pod("a", A, ready=True)
-    pod_b = lab.add_pod("b", B, ready=True)
+    lab.add_pod("b", B, ready=True)
     # A long back-off: BIRD's return must be noticed by the probe, not the retry timer.
     lab.start_reconciler(bird={"retry": {"initial": 20, "maximum": 60}, "probeInterval": 0.2})
     wait_at_peer(lab, A + B)

@@ -160,7 +160,7 @@ def test_not_ready_withdraws_before_route_is_removed(reconciler_lab: Lab) -> Non
         # The DEL event may trail the dump that saw the route gone by a hair.
         wait_until(lambda: len([e for e in our_events(monitor) if e.event == "RTM_DELROUTE"]) >= 2, 2, "DEL events")
 
-    for address, prefix in zip(ANYCAST, prefixes):
+    for address, prefix in zip(ANYCAST, prefixes, strict=True):
         withdrawn = watcher.first(prefix, present=False, after=flipped)
         deletes = [e for e in our_events(monitor, [address]) if e.event == "RTM_DELROUTE"]
         assert withdrawn is not None, f"{prefix}: never seen leaving FRR"

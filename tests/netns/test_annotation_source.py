@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from netconf.state import StateStore
 from lab.chain import Chain, containerd_args
 from lab.fake_apiserver import FakeApiServer, listen_socket_in_netns
+from netconf.state import StateStore
 
 ANNOTATION = "flock.fritzlab.net/anycast"
 TOKEN = "s3cret-token"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.node_config import BgpSettings, BirdSettings
 from reconciler.bird import BirdExporter, ExportOutcome
 from reconciler.bird_render import render_include
+from reconciler.node_config import BgpSettings, BirdSettings
 from tests.netns.bird_process import (
     PEER_CONFIG,
     RECORD_DIR,

@@ -88,7 +88,9 @@ def test_special_log_file_does_not_hang_or_change_the_answer(plugin_binary, tmp_
 
 
 def test_nul_in_log_file_is_code_7_on_stdout(plugin_binary, tmp_path):
-    completed = exec_plugin(plugin_binary, {**ENV, "CNI_ARGS": "FLOCK_ANYCAST=198.51.100.7"}, base(tmp_path, logFile="/tmp/x\x00y"))
+    completed = exec_plugin(
+        plugin_binary, {**ENV, "CNI_ARGS": "FLOCK_ANYCAST=198.51.100.7"}, base(tmp_path, logFile="/tmp/x\x00y")
+    )
     assert completed.returncode != 0
     assert b"Traceback" not in completed.stdout
     error = json.loads(completed.stdout)

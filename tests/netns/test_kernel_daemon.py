@@ -18,8 +18,8 @@ from ipaddress import ip_network
 
 import pytest
 
-from netconf.state import StateStore
 from lab.topology import http_get
+from netconf.state import StateStore
 from tests.netns.test_kernel_routes import (
     P4,
     P6,
@@ -28,7 +28,7 @@ from tests.netns.test_kernel_routes import (
     allocation,
     dump_ours,
     hop,
-    topology,  # noqa: F401 - fixture
+    topology,  # noqa: F401 - a fixture, requested by name below
     wait_for,
 )
 
@@ -108,7 +108,7 @@ def ready(node):
         return False
 
 
-def test_daemon_follows_state_survives_restart_without_writes_and_stops_cleanly(topology, tmp_path, daemons):
+def test_daemon_follows_state_survives_restart_without_writes_and_stops_cleanly(topology, tmp_path, daemons):  # noqa: F811 - the imported fixture
     node, _ = topology
     config = write_config(tmp_path)
     store = StateStore(str(tmp_path / "state"))
@@ -159,7 +159,7 @@ def test_daemon_follows_state_survives_restart_without_writes_and_stops_cleanly(
     assert second.stop(signal.SIGINT) == 0
 
 
-def test_console_script_once_installs_routes_and_exits_1_without_bird(topology, tmp_path):
+def test_console_script_once_installs_routes_and_exits_1_without_bird(topology, tmp_path):  # noqa: F811 - the imported fixture
     node, _ = topology
     config = write_config(tmp_path)
     with StateStore(str(tmp_path / "state")).transaction() as transaction:
@@ -176,7 +176,7 @@ def test_console_script_once_installs_routes_and_exits_1_without_bird(topology, 
     assert completed.stdout == ""
 
 
-def test_console_script_bad_config_exits_2(topology, tmp_path):
+def test_console_script_bad_config_exits_2(topology, tmp_path):  # noqa: F811 - the imported fixture
     node, _ = topology
     path = tmp_path / "bad.yaml"
     path.write_text("nodeName: n\npools: [192.0.2.0/24]\nbird: {mode: managed}\n")

@@ -17,9 +17,9 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
+from lab.netns import wire_pod
 from netconf.values import Allocation, PodRef
 from reconciler.desired import NextHop
-from tests.reconciler_fakes import FakeBird, FakeStore
 from reconciler.kernel import (
     RTM_DELROUTE,
     RTM_NEWROUTE,
@@ -34,7 +34,7 @@ from reconciler.kernel import (
 from reconciler.loop import LoopSettings, Reconciler, Scheduler, Waker
 from reconciler.readiness import AlwaysReady
 from reconciler.watch import RouteMonitor
-from lab.netns import wire_pod
+from tests.reconciler_fakes import FakeBird, FakeStore
 
 PROTO = 70
 P4 = ip_network("192.0.2.53/32")

@@ -27,10 +27,10 @@ import time
 
 import pytest
 
-from netconf.state import StateStore
-from netconf.values import Allocation, PodRef, utc_now
 from lab.cni import Invocation, exec_plugin
 from lab.plugin import plugin_builds
+from netconf.state import StateStore
+from netconf.values import Allocation, PodRef, utc_now
 
 A4, A6, B4, B6 = "192.0.2.53", "2001:db8:a::53", "192.0.2.54", "2001:db8:a::54"
 ANYCAST = {A4, A6, B4, B6}
@@ -58,7 +58,9 @@ def config(state_dir: str, netns: str | None, network: str = "flocknet", ifname:
 
 
 def flock(binary, host, command, container, netns, state_dir, anycast=(A4, A6), network="flocknet", ifname="eth0", **extra):
-    invocation = Invocation(command=command, container_id=container, netns=netns, ifname=ifname, args=f"FLOCK_ANYCAST={','.join(anycast)}")
+    invocation = Invocation(
+        command=command, container_id=container, netns=netns, ifname=ifname, args=f"FLOCK_ANYCAST={','.join(anycast)}"
+    )
     document = config(state_dir, netns if command in ("ADD", "CHECK") else None, network, ifname, **extra)
     return exec_plugin(binary, invocation, document, host=host, timeout=20)
 
@@ -189,7 +191,9 @@ def test_del_acts_on_the_namespace_recorded_at_add(make_netns, plugin_binary, tm
 
 
 def start(binary, host, command, container, netns, state_dir, anycast, network="flocknet", ifname="eth0"):
-    invocation = Invocation(command=command, container_id=container, netns=netns, ifname=ifname, args=f"FLOCK_ANYCAST={','.join(anycast)}")
+    invocation = Invocation(
+        command=command, container_id=container, netns=netns, ifname=ifname, args=f"FLOCK_ANYCAST={','.join(anycast)}"
+    )
     document = config(state_dir, netns if command == "ADD" else None, network, ifname)
     process = subprocess.Popen(
         host.command([binary]), env=invocation.environ(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL

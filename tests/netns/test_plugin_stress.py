@@ -13,10 +13,8 @@ import subprocess
 import threading
 import time
 
-import pytest
-
-from netconf.state import StateStore
 from lab.cni import Invocation
+from netconf.state import StateStore
 
 ANYCAST = "192.0.2.53,2001:db8:a::53"
 

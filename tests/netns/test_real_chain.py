@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from netconf.state import StateStore
 from lab.chain import Chain, containerd_args
+from netconf.state import StateStore
 
 ANYCAST = ["2001:db8:a::53", "192.0.2.53"]
 VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]

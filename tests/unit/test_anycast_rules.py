@@ -159,7 +159,8 @@ def test_outside_every_pool_is_still_its_own_message():
 
 
 def test_usable_pod_addresses_keeps_unicast_in_order():
-    pod_ips = [ip(text) for text in ("fd00::5", "127.0.0.1", "10.244.0.5", "fe80::1", "192.0.2.53", "::ffff:10.0.0.1", "240.0.0.9")]
+    texts = ("fd00::5", "127.0.0.1", "10.244.0.5", "fe80::1", "192.0.2.53", "::ffff:10.0.0.1", "240.0.0.9")
+    pod_ips = [ip(text) for text in texts]
     assert usable_pod_addresses(pod_ips, [ip("192.0.2.53")]) == (ip("fd00::5"), ip("10.244.0.5"), ip("240.0.0.9"))
     assert usable_pod_addresses((), ()) == ()
 

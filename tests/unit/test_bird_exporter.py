@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.node_config import BgpSettings, BirdSettings
 from reconciler.bird import BirdExporter, ExportOutcome
 from reconciler.bird_render import render_include
+from reconciler.node_config import BgpSettings, BirdSettings
 from tests.unit.test_bird_control import CLOSE, HANG, FakeBird, recorded
 
 net = ipaddress.ip_network

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.node_config import BgpSettings, BirdSettings, parse_node_config
 from reconciler.bird_render import PrefixSet, quote, render_include, render_managed_config
+from reconciler.node_config import BgpSettings, BirdSettings, parse_node_config
 
 GOLDEN = Path(__file__).parent / "golden" / "bird"
 UPDATE = os.environ.get("FLOCK_UPDATE_GOLDEN") == "1"

@@ -31,14 +31,17 @@ from tests.unit.fakes import FakeClock, FakePodAnnotations, FakePodLoopback
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import cast
+
     from cni_plugin.loopback import PodLoopback
     from cni_plugin.verbs import Clock, PodAnnotations
+    from netconf.config import FlockBlock
 
     _fake_loopback: PodLoopback = FakePodLoopback()
     _real_loopback: PodLoopback = NetlinkPodLoopback()
     _fake_annotations: PodAnnotations = FakePodAnnotations()
     _real_annotations: PodAnnotations = ApiPodAnnotations("/kubeconfig", "flock.fritzlab.net/anycast", 2.0)
-    _deferred_annotations: PodAnnotations = PodAnnotationsOnFirstUse(None)
+    _deferred_annotations: PodAnnotations = PodAnnotationsOnFirstUse(cast("FlockBlock", None))
     _fake_clock: Clock = FakeClock()
     _real_clock: Clock = SystemClock()
 
@@ -83,7 +86,7 @@ def _ast_parameters(args: ast.arguments) -> list[tuple[str, str, bool]]:
     if args.vararg:
         parameters.append((args.vararg.arg, "VAR_POSITIONAL", False))
     parameters += [
-        (arg.arg, "KEYWORD_ONLY", default is not None) for arg, default in zip(args.kwonlyargs, args.kw_defaults)
+        (arg.arg, "KEYWORD_ONLY", default is not None) for arg, default in zip(args.kwonlyargs, args.kw_defaults, strict=True)
     ]
     if args.kwarg:
         parameters.append((args.kwarg.arg, "VAR_KEYWORD", False))

@@ -31,7 +31,10 @@ def node(tmp_path):
 
 
 def install_args(conf_dir, bin_dir, binary, *extra):
-    return ["install", "--binary", str(binary), "--bin-dir", str(bin_dir), "--conf-dir", str(conf_dir), "--pool", "192.0.2.0/24", "--pool", "2001:db8:a::/64", "--capability", *extra]
+    return [
+        "install", "--binary", str(binary), "--bin-dir", str(bin_dir), "--conf-dir", str(conf_dir),
+        "--pool", "192.0.2.0/24", "--pool", "2001:db8:a::/64", "--capability", *extra,
+    ]
 
 
 @pytest.mark.parametrize("name", CORPUS_FILES)
@@ -49,7 +52,9 @@ def test_install_twice_then_uninstall(node, name):
     [chained] = [n for n in after_first if n.startswith(stem) and n.endswith(".conflist")]
     document = json.loads(after_first[chained])
     original_document = json.loads(original[name])
-    main_plugins = original_document.get("plugins") or [{k: v for k, v in original_document.items() if k not in ("cniVersion", "name")}]
+    main_plugins = original_document.get("plugins") or [
+        {k: v for k, v in original_document.items() if k not in ("cniVersion", "name")}
+    ]
     assert document["plugins"][:-1] == main_plugins, "existing plugins and their order are preserved"
     ours = document["plugins"][-1]
     assert ours["type"] == "flock-anycast"

@@ -21,9 +21,9 @@ import pytest
 from cni_plugin.anycast import MAX_ANNOTATION_BYTES
 from cni_plugin.dispatch import PodAnnotationsOnFirstUse, run
 from cni_plugin.kubernetes import MAX_POD_BYTES, ApiPodAnnotations, load_kubeconfig
+from lab.fake_apiserver import FakeApiServer
 from netconf.config import parse_network_config
 from netconf.errors import InvalidConfig, KubernetesRefused, KubernetesUnreachable
-from lab.fake_apiserver import FakeApiServer
 
 ANNOTATION = "flock.fritzlab.net/anycast"
 PREV = {
@@ -62,7 +62,12 @@ def add(tmp_path, kubeconfig: str) -> tuple[int, dict]:
         "cniVersion": "1.0.0",
         "name": "flocknet",
         "type": "flock-anycast",
-        "flock": {"pools": ["192.0.2.0/24", "2001:db8:a::/64"], "stateDir": str(tmp_path / "state"), "kubeconfig": kubeconfig, "apiTimeout": 5},
+        "flock": {
+            "pools": ["192.0.2.0/24", "2001:db8:a::/64"],
+            "stateDir": str(tmp_path / "state"),
+            "kubeconfig": kubeconfig,
+            "apiTimeout": 5,
+        },
         "prevResult": PREV,
     }
     out = io.StringIO()

@@ -26,11 +26,10 @@ import pytest
 from lightkube.resources.core_v1 import Pod
 from prometheus_client import CollectorRegistry
 
-from reconciler.node_config import KubernetesSettings, NodeConfigError, ReadinessSettings, parse_node_config
+from lab.fake_apiserver import FakeApiServer
 from netconf.state import StateStore
 from netconf.values import Allocation, PodRef
 from reconciler.desired import NextHop
-from tests.reconciler_fakes import FakeBird, FakeKernel
 from reconciler.kubernetes_source import (
     KubernetesConfigError,
     KubernetesReadiness,
@@ -40,9 +39,9 @@ from reconciler.kubernetes_source import (
     ready_pods,
     retry_delay,
 )
-from reconciler.main import Runtime, run
-from reconciler.main import make_readiness_source
-from lab.fake_apiserver import FakeApiServer
+from reconciler.main import Runtime, make_readiness_source, run
+from reconciler.node_config import KubernetesSettings, NodeConfigError, ReadinessSettings, parse_node_config
+from tests.reconciler_fakes import FakeBird, FakeKernel
 
 NODE = "node-a"
 OTHER_NODE = "node-b"

@@ -10,10 +10,10 @@ import pytest
 from netconf.errors import IOFailure
 from netconf.values import Allocation, PodRef
 from reconciler.desired import NextHop
-from tests.reconciler_fakes import FakeBird, FakeKernel, FakeStore, ManualClock
 from reconciler.kernel import DeviceMissing, KernelError
 from reconciler.loop import LoopSettings, Reconciler, backoff_delay
 from reconciler.readiness import MappingView, ReadinessStatus
+from tests.reconciler_fakes import FakeBird, FakeKernel, FakeStore, ManualClock
 
 A6 = "2001:db8:a::53"
 A4 = "192.0.2.53"

@@ -15,8 +15,8 @@ import pytest
 from netconf.state import StateStore
 from netconf.values import Allocation, PodRef
 from reconciler.desired import NextHop
-from tests.reconciler_fakes import FakeBird, FakeKernel
 from reconciler.main import Runtime, run
+from tests.reconciler_fakes import FakeBird, FakeKernel
 from tests.unit.simulated_time import SimulatedClock
 
 P4 = ip_network("192.0.2.53/32")

@@ -134,7 +134,8 @@ def test_replies_of_other_sequence_numbers_are_skipped():
     def answer(request):
         stale = request.sequence - 1
         return [
-            address(stale, "198.51.100.1", flags=0) + ack(Request(request.data[:8] + struct.pack("=I", stale) + request.data[12:]), errno.EPERM),
+            address(stale, "198.51.100.1", flags=0)
+            + ack(Request(request.data[:8] + struct.pack("=I", stale) + request.data[12:]), errno.EPERM),
             address(stale + 7, "198.51.100.2", flags=0) + address(request.sequence, "192.0.2.53", flags=0) + ack(request),
         ]
 
@@ -170,7 +171,9 @@ def test_request_without_ack_ends_at_its_single_reply():
 
 def test_kernel_refusal_is_one_exception_with_errno_and_text():
     for capped in (True, False):
-        kernel = ScriptedKernel(lambda request: [ack(request, errno.ENETUNREACH, "Nexthop has invalid gateway", capped)])
+        kernel = ScriptedKernel(
+            lambda request, capped=capped: [ack(request, errno.ENETUNREACH, "Nexthop has invalid gateway", capped)]
+        )
         with pytest.raises(NetlinkError) as raised:
             transport(kernel).request(ifaddrmsg(), RTM_NEWADDR)
         assert raised.value.code == errno.ENETUNREACH
@@ -210,7 +213,9 @@ def test_dump_collects_every_part_up_to_done():
 
     rtnl = transport(ScriptedKernel(answer))
     assert addresses_of(rtnl.dump(ifaddrmsg(), RTM_GETADDR)) == ["192.0.2.1", "10.0.0.1", "2001:db8::1"]
-    on_lo = rtnl.dump(ifaddrmsg(), RTM_GETADDR, lambda message: message.get_attr("IFA_ADDRESS") if message["index"] == 1 else None)
+    on_lo = rtnl.dump(
+        ifaddrmsg(), RTM_GETADDR, lambda message: message.get_attr("IFA_ADDRESS") if message["index"] == 1 else None
+    )
     assert on_lo == ["192.0.2.1", "2001:db8::1"]
 
 
@@ -230,7 +235,9 @@ def test_interrupted_dump_is_requested_again_and_only_the_clean_one_counts():
 
     kernel = ScriptedKernel(answer)
     converted = []
-    result = transport(kernel).dump(ifaddrmsg(), RTM_GETADDR, lambda message: converted.append(1) or message.get_attr("IFA_ADDRESS"))
+    result = transport(kernel).dump(
+        ifaddrmsg(), RTM_GETADDR, lambda message: converted.append(1) or message.get_attr("IFA_ADDRESS")
+    )
     assert result == ["192.0.2.1", "192.0.2.3"]
     assert attempts == [1, 2]  # a fresh sequence number for the retry
     assert kernel.pending == []
@@ -278,7 +285,10 @@ def test_a_dump_after_an_abandoned_one_skips_its_leftovers():
     """A convert that raises leaves the rest of its dump queued; the next exchange reads past it."""
     answers = iter(
         [
-            lambda request: [address(request.sequence, "192.0.2.1"), address(request.sequence, "192.0.2.2") + done(request.sequence)],
+            lambda request: [
+                address(request.sequence, "192.0.2.1"),
+                address(request.sequence, "192.0.2.2") + done(request.sequence),
+            ],
             lambda request: [address(request.sequence, "192.0.2.3") + done(request.sequence)],
         ]
     )

@@ -34,7 +34,9 @@ def on_lo(*addresses):
     return {(address, 32 if address.version == 4 else 128) for address in addresses}
 
 
-def context(tmp_path, loopback, command="ADD", network="flocknet", ifname="eth0", netns=POD, cni_args=BOTH, container="c1", **extra):
+def context(
+    tmp_path, loopback, command="ADD", network="flocknet", ifname="eth0", netns=POD, cni_args=BOTH, container="c1", **extra
+):
     """One exec's context; ``network``/``ifname`` tell the attachments of one pod apart."""
     document = copy.deepcopy(config(str(tmp_path / "state"), version="1.1.0"))
     document["name"] = network
@@ -95,7 +97,9 @@ def test_failed_add_of_a_second_attachment_keeps_the_first_ones_addresses(tmp_pa
     failing = FakePodLoopback(netns_paths=(POD, OTHER_POD), fail_on=V6)
     failing.addresses = loopback.addresses
     with pytest.raises(NetlinkFailure):
-        verbs.cmd_add(context(tmp_path, failing, network="second", ifname="eth1", cni_args="FLOCK_ANYCAST=192.0.2.53,2001:db8:a::53"))
+        verbs.cmd_add(
+            context(tmp_path, failing, network="second", ifname="eth1", cni_args="FLOCK_ANYCAST=192.0.2.53,2001:db8:a::53")
+        )
     assert loopback.addresses[POD] == on_lo(V4), "the rollback took the first attachment's address"
     assert list(records(tmp_path)) == [("flocknet", "c1", "eth0")]
 

@@ -19,7 +19,11 @@ PREV_DUAL = {
     "interfaces": [{"name": "veth1"}, {"name": "eth0", "sandbox": "/run/netns/pod"}],
     "ips": [{"address": "10.244.0.5/24", "interface": 1}, {"address": "fd00:244::5/64", "interface": 1}],
 }
-PREV_V4 = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/pod"}], "ips": [{"address": "10.244.0.5/24", "interface": 0}]}
+PREV_V4 = {
+    "cniVersion": "1.0.0",
+    "interfaces": [{"name": "eth0", "sandbox": "/run/netns/pod"}],
+    "ips": [{"address": "10.244.0.5/24", "interface": 0}],
+}
 
 
 def env(command="ADD", **overrides):
@@ -158,7 +162,13 @@ def test_version_needs_only_the_command(stdin):
 
 @pytest.mark.parametrize("command", ["DEL", "GC", "STATUS"])
 def test_verbs_that_do_not_need_netns(tmp_path, command):
-    environ = {"CNI_COMMAND": command, "CNI_CONTAINERID": "abc", "CNI_IFNAME": "eth0", "CNI_NETNS": "", "CNI_PATH": "/opt/cni/bin"}
+    environ = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": "abc",
+        "CNI_IFNAME": "eth0",
+        "CNI_NETNS": "",
+        "CNI_PATH": "/opt/cni/bin",
+    }
     document = config(str(tmp_path / "state"), version="1.1.0", prev=None)
     document["cni.dev/valid-attachments"] = []
     code, stdout = invoke(environ, document)

@@ -89,7 +89,9 @@ def test_source_order_runtime_config_then_args_then_cni_args(tmp_path):
     )
     assert loopback.addresses[POD] == {(ipaddress.ip_address("192.0.2.3"), 32)}
     loopback = fake_loopback()
-    verbs.cmd_add(context(tmp_path, loopback, container="c2", cni_args="FLOCK_ANYCAST=192.0.2.1", args={"cni": {"anycast": "192.0.2.2"}}))
+    verbs.cmd_add(
+        context(tmp_path, loopback, container="c2", cni_args="FLOCK_ANYCAST=192.0.2.1", args={"cni": {"anycast": "192.0.2.2"}})
+    )
     assert (ipaddress.ip_address("192.0.2.2"), 32) in loopback.addresses[POD]
 
 

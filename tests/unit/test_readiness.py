@@ -9,8 +9,9 @@ from ipaddress import ip_address
 
 import pytest
 
-from reconciler.node_config import ReadinessSettings
 from netconf.values import Allocation, PodRef
+from reconciler.main import make_readiness_source
+from reconciler.node_config import ReadinessSettings
 from reconciler.readiness import (
     AlwaysReady,
     FileReadiness,
@@ -18,7 +19,6 @@ from reconciler.readiness import (
     parse_readiness_document,
     readiness_keys,
 )
-from reconciler.main import make_readiness_source
 from reconciler.watch import ANY_FILE, FileWatch
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

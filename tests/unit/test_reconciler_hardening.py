@@ -19,8 +19,8 @@ from netconf.errors import StateCorrupt
 from netconf.state import record_file_name
 from netconf.values import Allocation, utc_now
 from reconciler.desired import AddressPolicy, desired_routes, refused_addresses
-from tests.reconciler_fakes import FakeStore
 from reconciler.loop import LoopSettings, Scheduler, Waker
+from tests.reconciler_fakes import FakeStore
 from tests.unit.simulated_time import SimulatedClock
 from tests.unit.test_loop import HA4, HA6, HB4, HB6, P4, P6, POD_A, POD_B, Lab, allocation, metric, ops
 

@@ -75,7 +75,9 @@ PYDANTIC_NEVER = (
 )
 
 
-def imported_modules(command: str, stdin: bytes, extra_env: dict[str, str] | None = None) -> tuple[set[str], subprocess.CompletedProcess]:
+def imported_modules(
+    command: str, stdin: bytes, extra_env: dict[str, str] | None = None
+) -> tuple[set[str], subprocess.CompletedProcess]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": REPO,
@@ -106,7 +108,9 @@ def lab(tmp_path, request):
         pytest.skip("needs root for a pod network namespace")
     fake_netns = request.getfixturevalue("make_netns")("imports").path
     state_dir = tmp_path / "state"
-    env = {"CNI_CONTAINERID": "startup1", "CNI_NETNS": str(fake_netns), "CNI_IFNAME": "eth0", "CNI_ARGS": f"FLOCK_ANYCAST={ANYCAST}"}
+    env = {
+        "CNI_CONTAINERID": "startup1", "CNI_NETNS": str(fake_netns), "CNI_IFNAME": "eth0", "CNI_ARGS": f"FLOCK_ANYCAST={ANYCAST}"
+    }
     config = {
         "cniVersion": "1.0.0",
         "name": "flocknet",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import struct
 import subprocess
 import sys
 
@@ -64,7 +63,8 @@ class RecordingSocket:
             link["attrs"] = [("IFLA_IFNAME", "lo")]
             return [encoded(link, 0x10, 0, request.sequence), ack(request)]
         if request.type == 0x16:  # RTM_GETADDR dump
-            return [b"".join(encoded(message, 0x14, 0x2, request.sequence) for message in self.addresses) + done(request.sequence)]
+            parts = b"".join(encoded(message, 0x14, 0x2, request.sequence) for message in self.addresses)
+            return [parts + done(request.sequence)]
         return [ack(request)]
 
 
@@ -95,7 +95,9 @@ def test_check_dumps_addresses_and_keeps_those_on_lo(tmp_path):
         message["attrs"] = [("IFA_ADDRESS", text)]
         return message
 
-    recorder = RecordingSocket(lo_flags=0x1, addresses=[address(1, "192.0.2.53", 32), address(2, "10.244.0.5", 24), address(1, "2001:db8:a::53", 128)])
+    recorder = RecordingSocket(
+        lo_flags=0x1, addresses=[address(1, "192.0.2.53", 32), address(2, "10.244.0.5", 24), address(1, "2001:db8:a::53", 128)]
+    )
     found = NetlinkPodLoopback(open_socket=recorder).list_addresses(str(tmp_path))
     assert recorder.sent == [GETLINK_LO, GETADDR_DUMP]
     assert found == {(V4, 32), (V6, 128)}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
 import random
+import re
 import string
 from datetime import UTC, datetime, timedelta, timezone
 

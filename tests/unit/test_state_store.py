@@ -39,7 +39,8 @@ def listing(store):
     """Every entry of the allocations directory (dot files too) with its bytes."""
     if not os.path.isdir(store.allocations_dir):
         return {}
-    return {name: open(os.path.join(store.allocations_dir, name), "rb").read() for name in sorted(os.listdir(store.allocations_dir))}
+    directory = store.allocations_dir
+    return {name: open(os.path.join(directory, name), "rb").read() for name in sorted(os.listdir(directory))}
 
 
 def read_refusal(store, key, message=""):
@@ -100,7 +101,8 @@ def test_one_file_per_attachment(tmp_path):
         document = json.loads(open(os.path.join(store.allocations_dir, name), "rb").read())
         assert document["version"] == 2
         assert set(document) == {"version", "allocation"}
-        assert "+".join((document["allocation"]["network"], document["allocation"]["containerID"], document["allocation"]["ifname"])) + ".json" == name
+        record = document["allocation"]
+        assert "+".join((record["network"], record["containerID"], record["ifname"])) + ".json" == name
     assert not os.path.exists(store.legacy_path), "the v1 single document must not be written any more"
 
 
