@@ -14,22 +14,25 @@ declaration order, this module (build time only: it imports pydantic)
 2. builds a pydantic model of those fields, the class attributes as
    defaults and the class keywords as model config (``models``);
 3. writes the model's core schema (``__pydantic_core_schema__``, exactly
-   what pydantic would hand pydantic-core) with three changes, none of
-   which alters validation or serialisation: each model class is replaced
-   by its record class (the instance pydantic-core builds), also where it
-   is a default factory; ``metadata`` (pydantic's JSON-schema hooks) is
-   dropped; ``ref``/``schema_ref`` names, which embed ``id()`` of the
-   class, become the record's qualified name, so the output is the same on
-   every run;
+   what pydantic would hand pydantic-core), as the body of a builder
+   function ``schema_<Record>(record)``, with three changes, none of which
+   alters validation or serialisation: each model class is replaced by its
+   record class (the instance pydantic-core builds), also where it is a
+   default factory — taken from the ``record`` mapping (netconf.records'
+   registry) rather than imported, so the generated module imports only
+   ``netconf.fields`` and the records import it without a cycle;
+   ``metadata`` (pydantic's JSON-schema hooks) is dropped;
+   ``ref``/``schema_ref`` names, which embed ``id()`` of the class, become
+   the record's qualified name, so the output is the same on every run;
 4. for records declared with ``encoder=True`` (and the records they
    contain), writes a plain function that builds the record's JSON form by
    alias from its fields, as pydantic-core's serializer would
    (``netconf.records.encode_json``). A field type it cannot encode stops
    the compilation.
 
-Every other object in a schema must be a function or class that imports
-without pydantic (validators and serializers of the record modules, or a
-builtin); anything else stops the compilation with its path in the schema.
+Every other object in a schema must be a function that imports without
+pydantic and outside the record modules (``netconf.fields``, or a builtin);
+anything else stops the compilation with its path in the schema.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, PlainSerializer, create_model
 from pydantic.fields import FieldInfo
 
-from netconf.records import Record, format_datetime
+from netconf.fields import format_datetime
+from netconf.records import Record
 
 # Where the documents are declared, in the order their schemas are written.
 RECORD_MODULES = ("netconf.config", "netconf.results", "netconf.values")
@@ -66,13 +70,19 @@ from them; see netconf/compile_schemas.py for how they are derived.
 from __future__ import annotations
 '''
 
-# After the imports of the functions and classes the schemas name.
+# After the imports of the functions the schemas name. The record classes
+# are not imported: each schema's builder gets them from netconf.records'
+# registry, so this module imports no record module and the records can
+# import it without a cycle.
 TYPE_IMPORTS = '''
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing would cost every plugin exec that validates a record
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from pydantic_core.core_schema import CoreSchema
+
+    from netconf.records import Record
 '''
 
 # How the generated encoders write values that JSON has no type for, as
@@ -208,9 +218,11 @@ def compile_all() -> str:
     ref_names = {_ref_prefix(model): f"{record.__module__}.{record.__name__}" for model, record in records.items()}
     imports: set[tuple[str, str]] = set()
     schemas = {}
+    used: dict[str, set[str]] = {}
     for record, model in record_models.items():
         schema = copy.deepcopy(model.__pydantic_core_schema__)
-        schemas[record.__name__] = _rewrite(schema, (record.__name__,), ref_names, imports, records)
+        used[record.__name__] = set()
+        schemas[record.__name__] = _rewrite(schema, (record.__name__,), ref_names, imports, records, used[record.__name__])
     encoders = _Encoders(record_models, imports)
     for record in record_models:
         if record.__record_encoder__:
@@ -220,9 +232,12 @@ def compile_all() -> str:
         names = ", ".join(sorted(name for mod, name in imports if mod == module))
         lines.append(f"from {module} import {names}")
     lines.append(TYPE_IMPORTS)
-    lines.append("SCHEMAS: dict[str, CoreSchema] = {")
     for name, schema in schemas.items():
-        lines.append(f"    {name!r}: {_render(schema, 1)},")
+        lines += ["", f"def schema_{name}(record: Mapping[str, type[Record]]) -> CoreSchema:"]
+        lines += [f"    {used_name} = record[{used_name!r}]" for used_name in sorted(used[name])]
+        lines.append(f"    return {_render(schema, 1)}")
+    lines += ["", "", "SCHEMA_BUILDERS: dict[str, Callable[[Mapping[str, type[Record]]], CoreSchema]] = {"]
+    lines += [f"    {name!r}: schema_{name}," for name in schemas]
     lines.append("}")
     lines.extend(encoders.source())
     return "\n".join(lines) + "\n"
@@ -238,7 +253,9 @@ def _rewrite(
     ref_names: dict[str, str],
     imports: set[tuple[str, str]],
     records: dict[type[BaseModel], type[Record]],
+    used: set[str],
 ) -> Any:
+    """The schema with record classes as names of the builder's locals (collected in ``used``)."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
@@ -247,17 +264,19 @@ def _rewrite(
             if key in ("ref", "schema_ref") and isinstance(item, str):
                 out[key] = _stable_ref(item, ref_names)
                 continue
-            out[key] = _rewrite(item, path + (key,), ref_names, imports, records)
+            out[key] = _rewrite(item, path + (key,), ref_names, imports, records, used)
         return out
     if isinstance(value, list):
-        return [_rewrite(item, path + (index,), ref_names, imports, records) for index, item in enumerate(value)]
+        return [_rewrite(item, path + (index,), ref_names, imports, records, used) for index, item in enumerate(value)]
     if isinstance(value, tuple):
-        return tuple(_rewrite(item, path + (index,), ref_names, imports, records) for index, item in enumerate(value))
+        return tuple(
+            _rewrite(item, path + (index,), ref_names, imports, records, used) for index, item in enumerate(value)
+        )
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, type) and value in records:
         record = records[value]
-        imports.add((record.__module__, record.__name__))
+        used.add(record.__name__)
         return _Name(record.__module__, record.__name__)
     if callable(value):
         return _importable(value, path, imports)
@@ -276,6 +295,11 @@ def _importable(function: Any, path: tuple[str | int, ...], imports: set[tuple[s
         )
     if getattr(sys.modules[module], name, None) is not function:
         raise SystemExit(f"{module}.{name} at {'/'.join(map(str, path))} is not importable by that name")
+    if module in RECORD_MODULES or module == "netconf.records":
+        raise SystemExit(
+            f"schema at {'/'.join(map(str, path))} refers to {module}.{name}: move it to netconf.fields, "
+            "so that the generated module imports no record module (the records import it)"
+        )
     imports.add((module, name))
     return _Name(module, name)
 

@@ -7,19 +7,21 @@ from them; see netconf/compile_schemas.py for how they are derived.
 
 from __future__ import annotations
 
-from netconf.config import CniArgs, ConfigArgs, FlockBlock, NetworkConfig, RuntimeConfig, absolute_path, file_path, format_network, parse_pool
-from netconf.records import format_datetime
-from netconf.results import IPConfig, Interface, Result, Route, check_interface_address
-from netconf.values import Allocation, AllocationFile, LegacyStateDocument, PodRef, format_ip_address, parse_ip_address
+from netconf.fields import absolute_path, check_interface_address, file_path, format_datetime, format_ip_address, format_network, parse_ip_address, parse_pool
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing would cost every plugin exec that validates a record
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from pydantic_core.core_schema import CoreSchema
 
-SCHEMAS: dict[str, CoreSchema] = {
-    'FlockBlock': {
+    from netconf.records import Record
+
+
+def schema_FlockBlock(record: Mapping[str, type[Record]]) -> CoreSchema:
+    FlockBlock = record['FlockBlock']
+    return {
         'type': 'model',
         'cls': FlockBlock,
         'schema': {
@@ -180,8 +182,11 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'FlockBlock',
         },
         'ref': 'netconf.config.FlockBlock',
-    },
-    'CniArgs': {
+    }
+
+def schema_CniArgs(record: Mapping[str, type[Record]]) -> CoreSchema:
+    CniArgs = record['CniArgs']
+    return {
         'type': 'model',
         'cls': CniArgs,
         'schema': {
@@ -222,8 +227,12 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'CniArgs',
         },
         'ref': 'netconf.config.CniArgs',
-    },
-    'ConfigArgs': {
+    }
+
+def schema_ConfigArgs(record: Mapping[str, type[Record]]) -> CoreSchema:
+    CniArgs = record['CniArgs']
+    ConfigArgs = record['ConfigArgs']
+    return {
         'type': 'model',
         'cls': ConfigArgs,
         'schema': {
@@ -292,8 +301,11 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'ConfigArgs',
         },
         'ref': 'netconf.config.ConfigArgs',
-    },
-    'RuntimeConfig': {
+    }
+
+def schema_RuntimeConfig(record: Mapping[str, type[Record]]) -> CoreSchema:
+    RuntimeConfig = record['RuntimeConfig']
+    return {
         'type': 'model',
         'cls': RuntimeConfig,
         'schema': {
@@ -326,8 +338,15 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'RuntimeConfig',
         },
         'ref': 'netconf.config.RuntimeConfig',
-    },
-    'NetworkConfig': {
+    }
+
+def schema_NetworkConfig(record: Mapping[str, type[Record]]) -> CoreSchema:
+    CniArgs = record['CniArgs']
+    ConfigArgs = record['ConfigArgs']
+    FlockBlock = record['FlockBlock']
+    NetworkConfig = record['NetworkConfig']
+    RuntimeConfig = record['RuntimeConfig']
+    return {
         'type': 'model',
         'cls': NetworkConfig,
         'schema': {
@@ -726,8 +745,11 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'NetworkConfig',
         },
         'ref': 'netconf.config.NetworkConfig',
-    },
-    'Interface': {
+    }
+
+def schema_Interface(record: Mapping[str, type[Record]]) -> CoreSchema:
+    Interface = record['Interface']
+    return {
         'type': 'model',
         'cls': Interface,
         'schema': {
@@ -778,8 +800,11 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'Interface',
         },
         'ref': 'netconf.results.Interface',
-    },
-    'IPConfig': {
+    }
+
+def schema_IPConfig(record: Mapping[str, type[Record]]) -> CoreSchema:
+    IPConfig = record['IPConfig']
+    return {
         'type': 'model',
         'cls': IPConfig,
         'schema': {
@@ -850,8 +875,11 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'IPConfig',
         },
         'ref': 'netconf.results.IPConfig',
-    },
-    'Route': {
+    }
+
+def schema_Route(record: Mapping[str, type[Record]]) -> CoreSchema:
+    Route = record['Route']
+    return {
         'type': 'model',
         'cls': Route,
         'schema': {
@@ -889,8 +917,14 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'Route',
         },
         'ref': 'netconf.results.Route',
-    },
-    'Result': {
+    }
+
+def schema_Result(record: Mapping[str, type[Record]]) -> CoreSchema:
+    IPConfig = record['IPConfig']
+    Interface = record['Interface']
+    Result = record['Result']
+    Route = record['Route']
+    return {
         'type': 'model',
         'cls': Result,
         'schema': {
@@ -1145,8 +1179,11 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'Result',
         },
         'ref': 'netconf.results.Result',
-    },
-    'PodRef': {
+    }
+
+def schema_PodRef(record: Mapping[str, type[Record]]) -> CoreSchema:
+    PodRef = record['PodRef']
+    return {
         'type': 'model',
         'cls': PodRef,
         'schema': {
@@ -1201,8 +1238,12 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'PodRef',
         },
         'ref': 'netconf.values.PodRef',
-    },
-    'Allocation': {
+    }
+
+def schema_Allocation(record: Mapping[str, type[Record]]) -> CoreSchema:
+    Allocation = record['Allocation']
+    PodRef = record['PodRef']
+    return {
         'type': 'model',
         'cls': Allocation,
         'schema': {
@@ -1411,8 +1452,13 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'Allocation',
         },
         'ref': 'netconf.values.Allocation',
-    },
-    'AllocationFile': {
+    }
+
+def schema_AllocationFile(record: Mapping[str, type[Record]]) -> CoreSchema:
+    Allocation = record['Allocation']
+    AllocationFile = record['AllocationFile']
+    PodRef = record['PodRef']
+    return {
         'type': 'model',
         'cls': AllocationFile,
         'schema': {
@@ -1650,8 +1696,13 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'AllocationFile',
         },
         'ref': 'netconf.values.AllocationFile',
-    },
-    'LegacyStateDocument': {
+    }
+
+def schema_LegacyStateDocument(record: Mapping[str, type[Record]]) -> CoreSchema:
+    Allocation = record['Allocation']
+    LegacyStateDocument = record['LegacyStateDocument']
+    PodRef = record['PodRef']
+    return {
         'type': 'model',
         'cls': LegacyStateDocument,
         'schema': {
@@ -1892,7 +1943,23 @@ SCHEMAS: dict[str, CoreSchema] = {
             'title': 'LegacyStateDocument',
         },
         'ref': 'netconf.values.LegacyStateDocument',
-    },
+    }
+
+
+SCHEMA_BUILDERS: dict[str, Callable[[Mapping[str, type[Record]]], CoreSchema]] = {
+    'FlockBlock': schema_FlockBlock,
+    'CniArgs': schema_CniArgs,
+    'ConfigArgs': schema_ConfigArgs,
+    'RuntimeConfig': schema_RuntimeConfig,
+    'NetworkConfig': schema_NetworkConfig,
+    'Interface': schema_Interface,
+    'IPConfig': schema_IPConfig,
+    'Route': schema_Route,
+    'Result': schema_Result,
+    'PodRef': schema_PodRef,
+    'Allocation': schema_Allocation,
+    'AllocationFile': schema_AllocationFile,
+    'LegacyStateDocument': schema_LegacyStateDocument,
 }
 
 

@@ -15,8 +15,6 @@ Pure: parsing and validation only, no I/O.
 
 from __future__ import annotations
 
-import ipaddress
-
 from netconf.errors import InvalidConfig, UnsupportedField
 from netconf.records import Record, describe_validation_error, error_location, validation_error_class
 from netconf.values import IPNetwork
@@ -27,45 +25,11 @@ if TYPE_CHECKING:
 
     from pydantic import AfterValidator, Field, PlainSerializer, PlainValidator
 
+    from netconf.fields import absolute_path, file_path, format_network, parse_pool
+
 
 DEFAULT_STATE_DIR = "/var/lib/flock"
 DEFAULT_ANNOTATION = "flock.fritzlab.net/anycast"
-
-
-def parse_pool(value: Any) -> IPNetwork:
-    """A pool CIDR; raises ValueError.
-
-    ``strict=True`` refuses ``10.0.0.1/24``: a pool with host bits set is
-    almost always a typo for a different prefix.
-    """
-    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"a pool is a CIDR string, not {type(value).__name__}")
-    return ipaddress.ip_network(value, strict=True)
-
-
-def format_network(network: IPNetwork) -> str:
-    return str(network)
-
-
-def absolute_path(value: str) -> str:
-    """An absolute path the kernel can take; raises ValueError."""
-    if not value.startswith("/"):
-        raise ValueError("stateDir must be an absolute path")
-    return file_path(value)
-
-
-def file_path(value: str) -> str:
-    """A path without NUL bytes; raises ValueError.
-
-    The kernel's paths end at the first NUL, so Python refuses them at
-    open() with ValueError: caught here, it is a config error (code 7)
-    instead of an unexpected failure (999) halfway through a verb.
-    """
-    if "\0" in value:
-        raise ValueError("path contains a NUL byte")
-    return value
 
 
 if TYPE_CHECKING:

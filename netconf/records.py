@@ -37,20 +37,26 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing would cost every plugin exec
     from collections.abc import Sequence
-    from datetime import datetime
     from typing import Any, Self
 
     from pydantic_core._pydantic_core import SchemaSerializer, SchemaValidator, ValidationError
     from pydantic_core.core_schema import CoreSchema
 
+# Every record class by name, registered as it is defined: the compiled
+# schemas refer to record classes through this (netconf.compiled_schemas
+# imports no record module, so the two import each other in one direction only).
+_record_classes: dict[str, type[Record]] = {}
 _validators: dict[type[Record], SchemaValidator] = {}
 _serializers: dict[type[Record], SchemaSerializer] = {}
 
 
 def _schema(record_class: type[Record]) -> CoreSchema:
-    from netconf.compiled_schemas import SCHEMAS
+    # Imported on first use, not for a cycle (the generated module imports
+    # no record module) but so that `make schemas` can import the records
+    # while the generated file is stale or missing.
+    from netconf.compiled_schemas import SCHEMA_BUILDERS
 
-    return SCHEMAS[record_class.__name__]
+    return SCHEMA_BUILDERS[record_class.__name__](_record_classes)
 
 
 def validator_for(record_class: type[Record]) -> SchemaValidator:
@@ -104,24 +110,9 @@ def encode_json(record_class: type[Record], fields: dict[str, Any]) -> dict[str,
     has. ``fields`` maps field names to values (a record's ``__dict__``);
     a missing one raises KeyError.
     """
-    from netconf.compiled_schemas import ENCODERS
+    from netconf.compiled_schemas import ENCODERS  # on first use: see _schema
 
     return ENCODERS[record_class.__name__](fields)
-
-
-def format_datetime(moment: datetime) -> str:
-    """A datetime as pydantic writes it in JSON: ISO 8601, ``Z`` for UTC.
-
-    An offset with seconds, which pydantic-core cannot read back, is written
-    as the same instant in UTC.
-    """
-    offset = moment.utcoffset()
-    if offset is not None and offset.seconds % 60:
-        from datetime import UTC
-
-        moment = moment.astimezone(UTC)
-    text = moment.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class Record:
@@ -151,6 +142,8 @@ class Record:
 
     def __init_subclass__(cls, *, encoder: bool = False, **config: Any) -> None:
         super().__init_subclass__()
+        if not cls.__name__.startswith("_"):
+            _record_classes[cls.__name__] = cls
         cls.__record_config__ = {**cls.__record_config__, **config}
         cls.__record_encoder__ = encoder
 

@@ -25,24 +25,11 @@ if TYPE_CHECKING:
 
     from pydantic import AfterValidator, Field
 
+    from netconf.fields import check_interface_address
+
 # Fields that only exist from spec 1.1.0 on (SPEC.md 1.1.0 "Success").
 _INTERFACE_FIELDS_1_1 = ("mtu", "socketPath", "pciID")
 _ROUTE_FIELDS_1_1 = ("mtu", "advmss", "priority", "table", "scope")
-
-
-def check_interface_address(value: str) -> str:
-    """``ips[].address`` must be an address with a prefix length; raises ValueError.
-
-    SPEC.md: "an IP address in CIDR notation". ``ipaddress`` would take a
-    bare address as a host prefix and an IPv6 scope id; libcni's Go parser
-    (net.ParseCIDR) takes neither, so neither do we.
-    """
-    if "/" not in value:
-        raise ValueError(f"{value!r} has no prefix length (CIDR notation, e.g. 10.0.0.5/24)")
-    if "%" in value:
-        raise ValueError(f"{value!r} has a scope id")
-    ipaddress.ip_interface(value)
-    return value
 
 
 class _Open(Record, extra="allow", populate_by_name=True):

@@ -9,9 +9,7 @@ schemas``, see ``netconf.records``).
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import socket
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -19,9 +17,11 @@ from netconf.records import Record, encode_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Annotated, Any, Literal
+    from typing import Annotated, Literal
 
     from pydantic import Field, PlainSerializer, PlainValidator
+
+    from netconf.fields import format_ip_address, parse_ip_address
 
 # The state record schema this flock writes and reads.
 SCHEMA_VERSION = 2
@@ -33,45 +33,6 @@ AllocationKey = tuple[str, str, str]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-# The reconciler reads every record, four addresses each. pydantic's own
-# ipaddress support parses each text with both IPv4Address and IPv6Address
-# in pure Python and formats it back with str(). These two functions give
-# the same values and the same text through the C parser and formatter, and
-# hand everything unusual to the ipaddress module.
-
-
-def parse_ip_address(value: Any) -> IPAddress:
-    """Validate one address as ``ipaddress.ip_address`` does; raises ValueError.
-
-    Texts ``inet_pton`` accepts are a subset of those ipaddress accepts, with
-    equal values (both refuse leading zeros in IPv4); the rest (scope ids,
-    ints, packed bytes, junk) goes to ``ipaddress.ip_address`` itself.
-    """
-    if type(value) is str:
-        try:
-            if ":" in value:
-                return IPv6Address(socket.inet_pton(socket.AF_INET6, value))
-            return IPv4Address(socket.inet_pton(socket.AF_INET, value))
-        except (OSError, ValueError):
-            pass
-    if isinstance(value, (IPv4Address, IPv6Address)):
-        return value
-    return ipaddress.ip_address(value)
-
-
-def format_ip_address(address: IPAddress) -> str:
-    """``str(address)``, through ``inet_ntop`` where both agree (RFC 5952 text).
-
-    glibc writes IPv4-mapped and -compatible IPv6 addresses with a dotted
-    quad, and inet_ntop knows no scope id: those keep ``str()``.
-    """
-    if address.version == 6 and address.scope_id is None:
-        text = socket.inet_ntop(socket.AF_INET6, address.packed)
-        if "." not in text:
-            return text
-    return str(address)
 
 
 if TYPE_CHECKING:

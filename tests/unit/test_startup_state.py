@@ -20,6 +20,7 @@ import pytest
 
 from netconf import compile_schemas
 from netconf.errors import StateCorrupt
+from netconf.fields import format_ip_address, parse_ip_address
 from netconf.records import validation_error_class
 from netconf.state import StateStore
 from netconf.values import (
@@ -27,8 +28,6 @@ from netconf.values import (
     AllocationFile,
     PodRef,
     encode_record,
-    format_ip_address,
-    parse_ip_address,
     utc_now,
 )
 
