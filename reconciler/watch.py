@@ -12,7 +12,7 @@ descriptor, checked return values and the event mask we need: files are
 replaced by rename, so the *directory* is watched for ``IN_MOVED_TO``,
 ``IN_CLOSE_WRITE``, ``IN_CREATE`` and ``IN_DELETE`` of the file name.
 
-Route events are split and decoded by pyroute2 (``MarshalRtnl``, ``rtmsg``);
+Route events are split by the rtnetlink transport and decoded by pyroute2's ``rtmsg``;
 the socket is the one ``open_netlink_socket`` makes (inside a netns path
 without ``setns``), read in a selector next to a stop pipe.
 """
@@ -31,10 +31,13 @@ import threading
 from collections.abc import Callable
 
 from pyroute2.netlink.rtnl import RTM_DELROUTE, RTM_NEWROUTE, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from reconciler.kernel import RT_TABLE_COMPAT, open_netlink_socket
+from rtnetlink.transport import NetlinkError, notifications
+
+# The notifications the route monitor reads; every other type is skipped undecoded.
+_ROUTE_MESSAGES = {RTM_NEWROUTE: rtmsg, RTM_DELROUTE: rtmsg}
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +218,6 @@ class RouteMonitor:
         self.table = table
         self.netns = netns
         self._sock: socket.socket | None = None
-        self._marshal = MarshalRtnl()
         self._stop_read, self._stop_write = -1, -1
         self._thread: threading.Thread | None = None
 
@@ -257,9 +259,14 @@ class RouteMonitor:
                         continue
                     log.error("route monitor stopped", extra={"fields": {"error": str(exc)}})
                     return
-                # Parsed lazily: one message of ours in the buffer is enough.
-                messages = self._marshal.parse(data)
-                if any(self._is_ours(message["header"]["type"], message) for message in messages):
+                # Decoded lazily: one message of ours in the buffer is enough.
+                try:
+                    if any(
+                        self._is_ours(message["header"]["type"], message)
+                        for message in notifications(data, _ROUTE_MESSAGES)
+                    ):
+                        self._wake("route-event")
+                except NetlinkError:  # a message we cannot read: a pass finds out what changed
                     self._wake("route-event")
 
     def _is_ours(self, kind: int, message: rtmsg | bytes) -> bool:

@@ -357,6 +357,29 @@ class Rtnetlink:
         return message
 
 
+def notifications(data: bytes, message_classes: Mapping[int, type[nlmsg]]) -> Iterator[nlmsg]:
+    """Decode the messages of one datagram of multicast notifications (a route monitor's socket).
+
+    Only types in ``message_classes`` are decoded (lazily: a caller that
+    stops at the first interesting one decodes no more); a truncated or
+    undecodable message raises NetlinkError (EBADMSG).
+    """
+    offset, end = 0, len(data)
+    while offset + _HEADER.size <= end:
+        length, kind, _flags, _number, _port = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size or offset + length > end:
+            raise NetlinkError(errno.EBADMSG, f"truncated netlink message ({length} bytes at {offset} of {end})")
+        message_class = message_classes.get(kind)
+        if message_class is not None:
+            message = message_class(data, offset=offset)
+            try:
+                message.decode()
+            except NetlinkDecodeError as exc:
+                raise NetlinkError(errno.EBADMSG, f"cannot decode netlink message type {kind}: {exc!r}") from exc
+            yield message
+        offset += (length + 3) & ~3  # NLMSG_ALIGN
+
+
 def _raise_refusal(kind: int, flags: int, data: bytes, offset: int) -> None:
     """Raise NetlinkError if the NLMSG_ERROR or NLMSG_DONE at ``offset`` carries an errno.
 

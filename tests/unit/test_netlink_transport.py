@@ -315,3 +315,28 @@ def test_options_and_close():
         pass
     assert options == [(270, 12, 1), (270, 11, 1)]  # SOL_NETLINK: NETLINK_GET_STRICT_CHK, NETLINK_EXT_ACK
     assert kernel.closed
+
+
+def test_notifications_decode_only_the_types_asked_for_and_refuse_a_truncated_datagram():
+    from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWROUTE
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    from rtnetlink.transport import NetlinkError, notifications
+
+    def encoded(message, kind):
+        message["header"]["type"] = kind
+        message.encode()
+        return message.data
+
+    address = ifaddrmsg()
+    address["family"] = 2
+    route = rtmsg()
+    route["family"], route["dst_len"], route["proto"], route["table"] = 2, 32, 70, 254
+    route["attrs"] = [("RTA_DST", "192.0.2.53")]
+    datagram = encoded(address, RTM_NEWADDR) + encoded(route, RTM_NEWROUTE)
+
+    [decoded] = notifications(datagram, {RTM_NEWROUTE: rtmsg})
+    assert decoded["proto"] == 70 and decoded.get_attr("RTA_DST") == "192.0.2.53"
+    with pytest.raises(NetlinkError):
+        list(notifications(datagram[:-4], {RTM_NEWROUTE: rtmsg}))
