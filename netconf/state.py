@@ -325,6 +325,8 @@ class StateStore:
             directories.close()
 
     def _read_records(self, directories: _Directories) -> StateDocument:
+        if directories.records_fd < 0:
+            return StateDocument()  # a state directory no plugin has written to yet
         found: dict[AllocationKey, Allocation] = {}
         unreadable: dict[str, CniError] = {}
         decoded: dict[str, tuple[tuple[int, int, int], Allocation | CniError]] = {}

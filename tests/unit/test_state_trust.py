@@ -342,3 +342,14 @@ def test_container_lock_serialises_one_pod_and_lets_other_pods_write(tmp_path):
         thread.join(10)
     with StateStore(str(tmp_path / "state"), lock_timeout=0.2).transaction("c1") as transaction:
         assert transaction.get(KEY) is not None
+
+
+def test_a_state_directory_without_allocations_yet_reads_as_empty(tmp_path):
+    """What a node looks like before its first pod: the DaemonSet's hostPath made the directory, no plugin ran."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    store = StateStore(str(state))
+    document = store.read()
+    assert document.allocations == [] and document.unreadable == {}
+    assert store.get(KEY) is None
+    assert os.listdir(state) == [], "a reader created something"
