@@ -339,22 +339,12 @@ class Rtnetlink:
         size = self._receive_size
         while True:
             data = receive(size)
-            offset, end = 0, len(data)
-            while offset + _HEADER.size <= end:
-                length, kind, flags, number, _port = _HEADER.unpack_from(data, offset)
-                if length < _HEADER.size or offset + length > end:
-                    raise NetlinkError(errno.EBADMSG, f"truncated netlink message ({length} bytes at {offset} of {end})")
+            for kind, flags, number, offset in _split(data):
                 if number == sequence:
                     yield kind, flags, data, offset
-                offset += (length + 3) & ~3  # NLMSG_ALIGN
 
     def _decode(self, kind: int, data: bytes, offset: int) -> nlmsg:
-        message = self._classes.get(kind, nlmsg)(data, offset=offset)
-        try:
-            message.decode()
-        except NetlinkDecodeError as exc:
-            raise NetlinkError(errno.EBADMSG, f"cannot decode netlink message type {kind}: {exc!r}") from exc
-        return message
+        return _decoded(self._classes.get(kind, nlmsg), kind, data, offset)
 
 
 def notifications(data: bytes, message_classes: Mapping[int, type[nlmsg]]) -> Iterator[nlmsg]:
@@ -364,20 +354,30 @@ def notifications(data: bytes, message_classes: Mapping[int, type[nlmsg]]) -> It
     stops at the first interesting one decodes no more); a truncated or
     undecodable message raises NetlinkError (EBADMSG).
     """
-    offset, end = 0, len(data)
-    while offset + _HEADER.size <= end:
-        length, kind, _flags, _number, _port = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size or offset + length > end:
-            raise NetlinkError(errno.EBADMSG, f"truncated netlink message ({length} bytes at {offset} of {end})")
+    for kind, _flags, _number, offset in _split(data):
         message_class = message_classes.get(kind)
         if message_class is not None:
-            message = message_class(data, offset=offset)
-            try:
-                message.decode()
-            except NetlinkDecodeError as exc:
-                raise NetlinkError(errno.EBADMSG, f"cannot decode netlink message type {kind}: {exc!r}") from exc
-            yield message
+            yield _decoded(message_class, kind, data, offset)
+
+
+def _split(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(type, flags, sequence number, offset) of each message in one datagram; raises NetlinkError on truncation."""
+    offset, end = 0, len(data)
+    while offset + _HEADER.size <= end:
+        length, kind, flags, number, _port = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size or offset + length > end:
+            raise NetlinkError(errno.EBADMSG, f"truncated netlink message ({length} bytes at {offset} of {end})")
+        yield kind, flags, number, offset
         offset += (length + 3) & ~3  # NLMSG_ALIGN
+
+
+def _decoded(message_class: type[nlmsg], kind: int, data: bytes, offset: int) -> nlmsg:
+    message = message_class(data, offset=offset)
+    try:
+        message.decode()
+    except NetlinkDecodeError as exc:
+        raise NetlinkError(errno.EBADMSG, f"cannot decode netlink message type {kind}: {exc!r}") from exc
+    return message
 
 
 def _raise_refusal(kind: int, flags: int, data: bytes, offset: int) -> None:
